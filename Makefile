@@ -1,0 +1,31 @@
+# Two commands set everything up on a fresh machine with Python 3.11 and pip:
+#   make demo   -- create .venv, install, run the demo pipeline end to end (results/)
+#   make test   -- create .venv, install, run the test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint report clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+demo: $(BIN)/.installed
+	$(BIN)/snakemake --cores 2
+	$(BIN)/snakemake --cores 2 --report results/report.html
+	@echo "demo done: open results/report.html"
+
+test: $(BIN)/.installed
+	$(BIN)/pytest
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/snakefmt --check .
+	$(BIN)/snakemake --lint
+
+clean:
+	rm -rf results .snakemake

@@ -1,0 +1,3 @@
+from aqnet.cli import main
+
+raise SystemExit(main())

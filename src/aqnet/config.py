@@ -1,0 +1,162 @@
+"""Pipeline configuration: load, validate against the JSON schema, fill defaults, resolve variants.
+
+The schema (``config.schema.yaml`` beside this module, also used by the Snakefile) is the single
+source of truth: every key has a description and a default, and ``additionalProperties: false`` at
+every level turns a misspelt key into an error naming it.
+
+Usage::
+
+    cfg = load_config("config.yaml")            # validated, defaults filled
+    vcfg = variant_config(cfg, "h500")          # the same with the variant's overrides merged
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
+
+INPUT_VARIABLES: tuple[str, ...] = (
+    "u", "v", "temp", "rh", "psfc",
+    "pm25", "pm10", "so2", "no2", "co", "o3",
+    "elevation", "population",
+)  # fmt: skip
+"""Data variables every input file must hold (elevation and population may be static)."""
+
+POLLUTANTS: tuple[str, ...] = ("pm25", "pm10", "so2", "no2", "co", "o3")
+"""The six forecast targets, in output-channel order."""
+
+MODEL_VARIABLES: tuple[str, ...] = (*INPUT_VARIABLES, "lat", "lon")
+"""The 15 model input channels: the data variables plus normalised latitude and longitude."""
+
+
+class ConfigError(ValueError):
+    """A configuration that does not match the schema; the message names the key."""
+
+
+def _schema() -> dict[str, Any]:
+    with SCHEMA_PATH.open() as fh:
+        return yaml.safe_load(fh)
+
+
+def _extend_with_default(validator_class: type) -> type:
+    """A validator that fills ``default`` values into the instance while validating it."""
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):  # type: ignore[no-untyped-def]
+        if isinstance(instance, dict):
+            for name, subschema in properties.items():
+                if "default" in subschema and name not in instance:
+                    instance[name] = copy.deepcopy(subschema["default"])
+                elif "$ref" in subschema and name not in instance:
+                    ref = validator.resolver.resolve(subschema["$ref"])[1]
+                    if "default" in ref:
+                        instance[name] = copy.deepcopy(ref["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+_DefaultFillingValidator = _extend_with_default(jsonschema.Draft7Validator)
+
+
+def _format_error(err: jsonschema.ValidationError, source: str, prefix: str = "") -> str:
+    where = ".".join([prefix] * bool(prefix) + [str(p) for p in err.absolute_path]) or "<top level>"
+    if err.validator == "additionalProperties":
+        allowed = sorted(err.schema.get("properties", {}))
+        unexpected = sorted(set(err.instance) - set(allowed))
+        hint = f" (allowed keys: {', '.join(allowed)})" if allowed else ""
+        return f"{source}: unknown key {', '.join(map(repr, unexpected))} in {where}{hint}"
+    return f"{source}: invalid value at {where}: {err.message}"
+
+
+def validate_config(config: Mapping[str, Any], *, source: str = "config") -> dict[str, Any]:
+    """Validate ``config`` and return a deep copy with every default filled in.
+
+    Raises:
+        ConfigError: naming the first offending key and the file/source it came from.
+    """
+    instance = copy.deepcopy(dict(config))
+    validator = _DefaultFillingValidator(_schema())
+    errors = sorted(validator.iter_errors(instance), key=lambda e: list(e.absolute_path))
+    if errors:
+        raise ConfigError(_format_error(errors[0], source))
+    # Validate the variants' overrides against the sections they override.
+    for name in instance["variants"]:
+        variant_config(instance, name)
+    return instance
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file, validate it and fill defaults."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        with path.open() as fh:
+            raw = yaml.safe_load(fh) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping, got {type(raw).__name__}")
+    return validate_config(raw, source=str(path))
+
+
+def _deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def variant_config(config: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """The config of one ablation variant: its ``model``/``finetune`` overrides merged in.
+
+    Raises:
+        ConfigError: for an unknown variant or an override key the schema does not know.
+    """
+    variants = config.get("variants", {})
+    if name not in variants:
+        raise ConfigError(f"unknown variant {name!r}; the config defines: {', '.join(variants)}")
+    merged = _deep_merge(dict(config), variants[name])
+    schema = _schema()
+    for section, definition in (("model", "model"), ("finetune", "train")):
+        sub = {**schema["definitions"][definition], "definitions": schema["definitions"]}
+        errors = list(_DefaultFillingValidator(sub).iter_errors(merged[section]))
+        if errors:
+            prefix = f"variants.{name}.{section}"
+            raise ConfigError(_format_error(errors[0], f"variant {name!r}", prefix))
+    merged["variant"] = name
+    return merged
+
+
+def dump_config(config: Mapping[str, Any], path: str | Path) -> None:
+    """Write a resolved config as YAML (what each stage of one variant reads)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with Path(path).open("w") as fh:
+        yaml.safe_dump(dict(config), fh, sort_keys=False)
+
+
+def load_resolved(path: str | Path) -> dict[str, Any]:
+    """Read a config written by :func:`dump_config` (or a user's config.yaml) for one stage.
+
+    A resolved config carries the key ``variant``; a user's file is validated and takes the
+    variant ``default`` (or the only one it defines).
+    """
+    with Path(path).open() as fh:
+        raw = yaml.safe_load(fh) or {}
+    if isinstance(raw, dict) and "variant" in raw:
+        name = raw.pop("variant")
+        return variant_config(validate_config(raw, source=str(path)), name)
+    cfg = load_config(path)
+    name = "default" if "default" in cfg["variants"] else next(iter(cfg["variants"]))
+    return variant_config(cfg, name)

@@ -1,0 +1,1 @@
+"""aqnet.data (see docs/ARCHITECTURE.md)."""

@@ -1,0 +1,1 @@
+"""aqnet.gates (see docs/ARCHITECTURE.md)."""

@@ -1,0 +1,1 @@
+"""aqnet.model (see docs/ARCHITECTURE.md)."""

@@ -1,0 +1,1 @@
+"""aqnet.report (see docs/ARCHITECTURE.md)."""

@@ -1,0 +1,1 @@
+"""aqnet.train (see docs/ARCHITECTURE.md)."""

@@ -1,0 +1,49 @@
+"""The configuration schema: defaults, unknown keys, variants."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from aqnet.config import ConfigError, load_config, validate_config, variant_config
+
+
+def test_defaults_filled_from_empty_config():
+    cfg = validate_config({})
+    assert cfg["model"]["topoflow_blocks"] == [0]
+    assert cfg["model"]["h_scale_m"] == 1000.0
+    assert cfg["lead_times_h"] == [12, 24, 48, 96]
+    assert cfg["baseline"]["train"]["steps"] == 150
+    assert cfg["baseline"]["train"]["batch_size"] == 8  # inner default under a partial default
+    assert cfg["variants"] == {"default": {}}
+
+
+def test_misspelt_key_is_named():
+    with pytest.raises(ConfigError, match=r"unknown key 'h_scale' in model"):
+        validate_config({"model": {"h_scale": 500}})
+    with pytest.raises(ConfigError, match=r"unknown key 'modle'"):
+        validate_config({"modle": {}})
+
+
+def test_wrong_type_is_named():
+    with pytest.raises(ConfigError, match=r"finetune.steps"):
+        validate_config({"finetune": {"steps": "many"}})
+
+
+def test_variant_overrides_merge_and_validate():
+    cfg = validate_config({"variants": {"h500": {"model": {"h_scale_m": 500}}, "default": {}}})
+    v = variant_config(cfg, "h500")
+    assert v["model"]["h_scale_m"] == 500 and v["variant"] == "h500"
+    assert v["model"]["topoflow_blocks"] == [0]
+    with pytest.raises(ConfigError, match=r"variants.bad.model.*h_scal"):
+        validate_config({"variants": {"bad": {"model": {"h_scal": 1}}}})
+    with pytest.raises(ConfigError, match="unknown variant 'nope'"):
+        variant_config(cfg, "nope")
+
+
+def test_load_config_file(tmp_path: Path):
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump({"grid": {"ny": 16, "nx": 32}}))
+    assert load_config(p)["grid"]["ny"] == 16
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
