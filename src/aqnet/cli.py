@@ -23,13 +23,13 @@ from collections.abc import Sequence
 # subcommand -> (module, function suffix, one-line help)
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "make-demo-data": ("aqnet.data.cli", "make_demo_data", "generate the demo data set (netCDF)"),
-    "build-cache": ("aqnet.data.cli", "build_cache", "validate, regrid, normalise, cache; wind orders"),
+    "build-cache": ("aqnet.data.cli", "build_cache", "validate, regrid, normalise; orders"),
     "train": ("aqnet.train.cli", "train", "the training entry point (any stage, any launcher)"),
     "train-baseline": ("aqnet.train.cli", "train_baseline", "train the baseline (no TopoFlow)"),
     "verify-wind-order": ("aqnet.gates.cli", "verify_wind_order", "gate: scan orders = reference"),
     "audit-checkpoint": ("aqnet.gates.cli", "audit_checkpoint", "gate: checkpoint keys audit"),
     "smoke-forward": ("aqnet.gates.cli", "smoke_forward", "gate: one real batch, shapes, loss"),
-    "validate-short": ("aqnet.train.cli", "validate_short", "gate: 1-node short run, cost projection"),
+    "validate-short": ("aqnet.train.cli", "validate_short", "gate: 1-node short run, cost"),
     "finetune": ("aqnet.train.cli", "finetune", "the full data-parallel fine-tune (resumable)"),
     "evaluate": ("aqnet.report.cli", "evaluate", "per-sample errors of baseline and fine-tune"),
     "report": ("aqnet.report.cli", "report", "figures, statistical verdict, report JSON"),

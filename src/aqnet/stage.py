@@ -4,7 +4,7 @@ verdict, and the exception type that turns a failed check into a readable messag
 A stage's CLI looks like::
 
     def run_my_gate(args) -> int:
-        return run_stage("my_gate", lambda report: check(args, report), args.report, args.report_copy)
+        return run_stage("my_gate", lambda rep: check(args, rep), args.report, args.report_copy)
 
 ``check`` fills ``report`` (a dict) and returns the one-line reason of a pass; it raises
 :class:`StageFailure` (or ``ValueError``/``FileNotFoundError`` with a readable message) on failure.
@@ -80,7 +80,7 @@ def _jsonable(obj: Any) -> Any:
 
 
 def write_json(path: str | Path, obj: Any) -> None:
-    """Atomically write ``obj`` as indented JSON (NaN/inf as strings, numpy/torch scalars as numbers)."""
+    """Atomically write ``obj`` as JSON (NaN/inf as strings, numpy/torch scalars as numbers)."""
     atomic_write_bytes(path, (json.dumps(_jsonable(obj), indent=2) + "\n").encode())
 
 
