@@ -1,0 +1,452 @@
+"""The training cache: validated, regridded, normalised yearly arrays, statistics and scan orders.
+
+``build_cache(cfg, files, out_dir)`` writes (see docs/ARCHITECTURE.md)::
+
+    out_dir/
+      meta.json         variables, grid, years and split, time ranges, NaN counts, sources,
+                        lead times, wind-orders digest (written last: its presence = complete)
+      stats.json        {var: {"mean": float, "std": float}} from the training years only
+      static.npz        elevation_m (H, W) float32 metres, mask (H, W) bool, lat (H,), lon (W,)
+      year_<year>.npy   (T, V, H, W) float32, normalised, channels = MODEL_VARIABLES
+      wind_orders.npz   aqnet.orders.save_orders for the model's grid
+
+How it works, memory-bounded whatever the size of a year:
+
+1. every file is opened lazily (xarray + dask) and validated (:func:`aqnet.data.io.validate_year`)
+   before any work starts;
+2. each year is read **time chunk by time chunk** (``data.chunk_mb`` MiB per chunk, aligned to the
+   file's own chunks), NaNs are filled, the chunk is regridded onto ``grid.ny x grid.nx`` (rows
+   south to north) and written into a memory-mapped ``.npy`` in physical units; chunks of the
+   training years update running per-channel statistics (Chan's parallel mean/variance, float64);
+3. each ``.npy`` is normalised in place, chunk by chunk, with the training statistics;
+4. the scan orders of the model's patch grid are written and their digest printed;
+5. ``meta.json`` is written last and the folder, built under a temporary name beside ``out_dir``,
+   is renamed into place, so a failed build never leaves a cache that looks complete.
+
+Channels: the 13 input variables (static ones repeated over time) and ``lat``/``lon``, the target
+grid's coordinates, normalised like every other channel. Statistics are taken over every cell of
+the target grid and every time step of the training years.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import logging
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import dask
+import numpy as np
+import xarray as xr
+
+from aqnet import __version__
+from aqnet.config import INPUT_VARIABLES, MODEL_VARIABLES
+from aqnet.data.io import (
+    NAN_FILL_METHOD,
+    DataValidationError,
+    YearInfo,
+    fill_nans,
+    open_year,
+    source_info,
+    validate_year,
+)
+from aqnet.data.layout import (
+    CACHE_FORMAT_VERSION,
+    META_FILE,
+    ORDERS_FILE,
+    SPLITS,
+    STATIC_FILE,
+    STATS_FILE,
+    load_static,
+    load_stats,
+    read_meta,
+    year_file,
+)
+from aqnet.data.regrid import Regridder, target_grid
+from aqnet.orders import build_orders, grid_params, save_orders
+from aqnet.stage import write_json
+
+if TYPE_CHECKING:
+    from aqnet.model.presets import ModelConfig
+
+log = logging.getLogger("aqnet.data.cache")
+
+__all__ = ["build_cache", "load_static", "load_stats", "read_meta", "year_file"]
+
+
+class _RunningStats:
+    """Per-channel mean and variance over streamed chunks (Chan et al. merge, float64)."""
+
+    def __init__(self, n_channels: int) -> None:
+        self.count = np.zeros(n_channels)
+        self.mean = np.zeros(n_channels)
+        self.m2 = np.zeros(n_channels)
+
+    def update(self, chunk: np.ndarray) -> None:
+        """``chunk (t, V, H, W)``: fold its values in, channel by channel."""
+        x = chunk.astype(np.float64, copy=False)
+        n_b = x.shape[0] * x.shape[2] * x.shape[3]
+        mean_b = x.mean(axis=(0, 2, 3))
+        m2_b = ((x - mean_b[None, :, None, None]) ** 2).sum(axis=(0, 2, 3))
+        n = self.count + n_b
+        delta = mean_b - self.mean
+        self.mean = self.mean + delta * n_b / n
+        self.m2 = self.m2 + m2_b + delta**2 * self.count * n_b / n
+        self.count = n
+
+    def result(self, names: tuple[str, ...]) -> tuple[dict[str, dict[str, float]], list[str]]:
+        """``({var: {"mean", "std"}}, constant channels)``; a constant channel gets std 1."""
+        std = np.sqrt(self.m2 / np.maximum(self.count, 1))
+        constant = [
+            n
+            for n, s, m in zip(names, std, self.mean, strict=True)
+            if s <= 1e-12 * max(1.0, abs(m))
+        ]
+        stats = {
+            n: {"mean": float(m), "std": float(s) if n not in constant else 1.0}
+            for n, m, s in zip(names, self.mean, std, strict=True)
+        }
+        return stats, constant
+
+
+def _time_chunk(
+    ds: xr.Dataset, info: YearInfo, n_cells_src: int, n_cells_dst: int, chunk_mb: int
+) -> int:
+    """Time steps per chunk: within ``chunk_mb`` and a multiple of the file's own time chunks."""
+    per_step = len(MODEL_VARIABLES) * (n_cells_src * 8 + n_cells_dst * 12)  # read, fill, regrid
+    steps = max(1, (chunk_mb * 2**20) // per_step)
+    native = None
+    for name in INPUT_VARIABLES:
+        chunks = ds[name].chunks
+        if info.time_varying[name] and chunks:
+            native = int(chunks[0][0])
+            break
+    if native and steps >= native:
+        steps = (steps // native) * native
+    return int(min(steps, info.n_times))
+
+
+def _split_of(cfg: Mapping[str, Any]) -> dict[int, str]:
+    split = cfg["data"]["split"]
+    out: dict[int, str] = {}
+    for name in SPLITS:
+        for year in split.get(name, []):
+            if int(year) in out:
+                raise ValueError(
+                    f"data.split: year {year} is in both {out[int(year)]!r} and {name!r}"
+                )
+            out[int(year)] = name
+    return out
+
+
+def _write_year(
+    ds: xr.Dataset,
+    info: YearInfo,
+    regridder: Regridder,
+    path: Path,
+    *,
+    chunk_mb: int,
+    lat: np.ndarray,
+    lon: np.ndarray,
+    stats: _RunningStats | None,
+) -> dict[str, int]:
+    """Read, fill, regrid and write one year (physical units); returns NaNs filled per variable."""
+    h, w = regridder.dst_shape
+    n_v = len(MODEL_VARIABLES)
+    arr = np.lib.format.open_memmap(
+        path, mode="w+", dtype=np.float32, shape=(info.n_times, n_v, h, w)
+    )
+    static: dict[str, np.ndarray] = {}
+    filled = dict.fromkeys(INPUT_VARIABLES, 0)
+    for name in INPUT_VARIABLES:
+        if not info.time_varying[name]:
+            values, n = fill_nans(np.asarray(ds[name].values, dtype=np.float32))
+            static[name] = regridder(values)
+            filled[name] = n
+    i_lat, i_lon = MODEL_VARIABLES.index("lat"), MODEL_VARIABLES.index("lon")
+    step = _time_chunk(ds, info, regridder.src_shape[0] * regridder.src_shape[1], h * w, chunk_mb)
+    dynamic = [n for n in INPUT_VARIABLES if info.time_varying[n]]
+    for t0 in range(0, info.n_times, step):
+        sl = slice(t0, min(info.n_times, t0 + step))
+        chunk = np.empty((sl.stop - sl.start, n_v, h, w), dtype=np.float32)
+        values = dask.compute(*[ds[name].isel(time=sl).data for name in dynamic])
+        for name, block in zip(dynamic, values, strict=True):
+            block, n = fill_nans(np.asarray(block, dtype=np.float32))
+            filled[name] += n
+            chunk[:, MODEL_VARIABLES.index(name)] = regridder(block)  # (t, ny, nx) -> (t, H, W)
+        for name, field in static.items():
+            chunk[:, MODEL_VARIABLES.index(name)] = field
+        chunk[:, i_lat] = lat[:, None]
+        chunk[:, i_lon] = lon[None, :]
+        arr[sl] = chunk
+        if stats is not None:
+            stats.update(chunk)
+    arr.flush()
+    del arr
+    return filled
+
+
+def _normalise_in_place(path: Path, mean: np.ndarray, std: np.ndarray, *, chunk_mb: int) -> None:
+    arr = np.load(path, mmap_mode="r+")
+    per_step = arr[0].nbytes * 3
+    step = max(1, (chunk_mb * 2**20) // per_step)
+    m = mean.astype(np.float32)[None, :, None, None]
+    s = std.astype(np.float32)[None, :, None, None]
+    for t0 in range(0, arr.shape[0], step):
+        arr[t0 : t0 + step] = (arr[t0 : t0 + step] - m) / s
+    arr.flush()
+    del arr
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _open_permissions(folder: Path) -> None:
+    """Give the folder and its files the usual umask modes (temp files are created private)."""
+    umask = _current_umask()
+    folder.chmod(0o777 & ~umask)
+    for path in folder.iterdir():
+        path.chmod(0o666 & ~umask)
+
+
+def _replace_dir(tmp: Path, out_dir: Path) -> None:
+    """Move the finished ``tmp`` folder to ``out_dir``, replacing what was there."""
+    _open_permissions(tmp)
+    if out_dir.exists():
+        old = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.old-"))
+        os.replace(out_dir, old / "cache")
+        os.replace(tmp, out_dir)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, out_dir)
+
+
+def _open_and_validate(
+    cfg: Mapping[str, Any],
+    given: Mapping[int, Path],
+    years: list[int],
+    stack: contextlib.ExitStack,
+) -> tuple[dict[int, xr.Dataset], dict[int, YearInfo]]:
+    """Open every year lazily and validate it against the first (grid, time step)."""
+    data_cfg = cfg["data"]
+    datasets: dict[int, xr.Dataset] = {}
+    infos: dict[int, YearInfo] = {}
+    reference: YearInfo | None = None
+    for year in years:
+        ds = stack.enter_context(open_year(given[year]))
+        infos[year] = validate_year(
+            ds,
+            source=given[year],
+            year=year,
+            max_nan_fraction=float(data_cfg["max_nan_fraction"]),
+            elevation_range_m=data_cfg["elevation_range_m"],
+            reference=reference,
+        )
+        datasets[year] = ds
+        reference = reference or infos[year]
+    return datasets, infos
+
+
+def _check_lead_times(lead_times: list[int], infos: Mapping[int, YearInfo]) -> None:
+    reference = next(iter(infos.values()))
+    step_h = reference.time_step_h
+    bad = [h for h in lead_times if not math.isclose(h / step_h, round(h / step_h))]
+    if bad:
+        raise ValueError(
+            f"build_cache: lead_times_h {bad} are not multiples of the data's time step "
+            f"{step_h:g} h ({reference.source})"
+        )
+    short = {y: i.n_times for y, i in infos.items() if i.n_times <= max(lead_times) / step_h}
+    if short:
+        raise ValueError(
+            f"build_cache: year(s) with too few time steps {short}: not more than the longest "
+            f"lead time {max(lead_times)} h, no sample would remain"
+        )
+
+
+def _write_static(
+    path: Path,
+    ds: xr.Dataset,
+    info: YearInfo,
+    regridder: Regridder,
+    lat: np.ndarray,
+    lon: np.ndarray,
+) -> np.ndarray:
+    """``static.npz``: elevation in metres (not normalised), the domain mask, the coordinates."""
+    elev = ds["elevation"].isel(time=0) if info.time_varying["elevation"] else ds["elevation"]
+    elev_values, _ = fill_nans(np.asarray(elev.values, dtype=np.float32))
+    elevation_m = regridder(elev_values)
+    mask = regridder(info.mask.astype(np.float32)) >= 0.5
+    with path.open("wb") as fh:
+        np.savez(fh, elevation_m=elevation_m, mask=mask, lat=lat, lon=lon)
+    return mask
+
+
+def _write_orders(
+    path: Path, mcfg: ModelConfig, region: tuple[int, int]
+) -> tuple[str, dict[str, Any]]:
+    """Scan orders of the model's patch grid; prints and returns the digest and the params."""
+    orders = build_orders(mcfg.grid_patches, region_patches=region)
+    params = grid_params(img_size=mcfg.img_size, patch_size=mcfg.patch_size, region_patches=region)
+    digest = save_orders(path, orders, params)
+    hp, wp = mcfg.grid_patches
+    print(
+        f"build_cache: wind orders digest {digest} (patch grid {hp}x{wp}, "
+        f"regions {region[0]}x{region[1]})",
+        flush=True,
+    )
+    return digest, params
+
+
+def build_cache(
+    cfg: Mapping[str, Any], files: Mapping[int, str | Path], out_dir: str | Path
+) -> Path:
+    """Validate the yearly files, regrid and normalise them into a cache folder; return it.
+
+    Args:
+        cfg: a validated pipeline config (``data``, ``grid``, ``lead_times_h``, ``model``).
+        files: ``{year: path}`` of the input files; every year of ``data.split`` must be there,
+            other years are ignored.
+        out_dir: the cache folder (replaced atomically when the build succeeds).
+
+    Raises:
+        DataValidationError: a file fails validation (the message names file and variable).
+        ValueError: a split year without a file, lead times that are not multiples of the time
+            step or longer than a year, a grid that does not fit the model's patches.
+    """
+    from aqnet.model.presets import from_pipeline_config
+
+    out_dir = Path(out_dir)
+    data_cfg, grid_cfg = cfg["data"], cfg["grid"]
+    split = _split_of(cfg)
+    given = {int(y): Path(p) for y, p in files.items()}
+    missing = sorted(set(split) - set(given))
+    if missing:
+        raise ValueError(
+            f"build_cache: no input file for year(s) {missing} of data.split "
+            f"(files given for {sorted(given)})"
+        )
+    ignored = sorted(set(given) - set(split))
+    if ignored:
+        log.warning("build_cache: ignoring input years %s, not in data.split", ignored)
+    years = sorted(split)
+    lead_times = [int(h) for h in cfg["lead_times_h"]]
+    region = (int(cfg["model"]["region_patches"][0]), int(cfg["model"]["region_patches"][1]))
+    from_pipeline_config(cfg)  # the grid must fit the model's patches and regions: fail early
+    chunk_mb = int(data_cfg.get("chunk_mb", 256))
+
+    with contextlib.ExitStack() as stack:  # closes every opened file, on any outcome
+        # 1. Open and validate everything before doing any work.
+        datasets, infos = _open_and_validate(cfg, given, years, stack)
+        _check_lead_times(lead_times, infos)
+        reference = infos[years[0]]
+        lat, lon = target_grid(
+            reference.lat2d,
+            reference.lon2d,
+            ny=int(grid_cfg["ny"]),
+            nx=int(grid_cfg["nx"]),
+            lat_range=grid_cfg.get("lat_range"),
+            lon_range=grid_cfg.get("lon_range"),
+        )
+        try:
+            regridder = Regridder(
+                src_lat2d=reference.lat2d, src_lon2d=reference.lon2d, dst_lat=lat, dst_lon=lon
+            )
+        except ValueError as exc:
+            raise DataValidationError(f"{reference.source}: cannot regrid: {exc}") from exc
+
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
+        try:
+            # 2. Regrid, write physical values, accumulate the training years' statistics.
+            running = _RunningStats(len(MODEL_VARIABLES))
+            filled: dict[int, dict[str, int]] = {}
+            for year in years:
+                log.info("build_cache: regridding %s (%d steps)", given[year], infos[year].n_times)
+                filled[year] = _write_year(
+                    datasets[year],
+                    infos[year],
+                    regridder,
+                    tmp / year_file(year),
+                    chunk_mb=chunk_mb,
+                    lat=lat,
+                    lon=lon,
+                    stats=running if split[year] == "train" else None,
+                )
+            stats, constant = running.result(MODEL_VARIABLES)
+            if constant:
+                log.warning("build_cache: constant training channels %s get std 1", constant)
+            write_json(tmp / STATS_FILE, stats)
+
+            # 3. Normalise in place with the training statistics.
+            mean = np.array([stats[v]["mean"] for v in MODEL_VARIABLES])
+            std = np.array([stats[v]["std"] for v in MODEL_VARIABLES])
+            for year in years:
+                _normalise_in_place(tmp / year_file(year), mean, std, chunk_mb=chunk_mb)
+            mask = _write_static(
+                tmp / STATIC_FILE, datasets[years[0]], reference, regridder, lat, lon
+            )
+
+            # 4. Wind scan orders for the model's patch grid.
+            mcfg = from_pipeline_config(cfg, stats=stats)
+            digest, params = _write_orders(tmp / ORDERS_FILE, mcfg, region)
+
+            # 5. meta.json last, then the rename.
+            meta = {
+                "format_version": CACHE_FORMAT_VERSION,
+                "aqnet_version": __version__,
+                "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+                "variables": list(MODEL_VARIABLES),
+                "grid": {
+                    "ny": len(lat),
+                    "nx": len(lon),
+                    "lat": [float(lat[0]), float(lat[-1])],
+                    "lon": [float(lon[0]), float(lon[-1])],
+                    "rows": "south_to_north",
+                    "regrid": f"linear ({regridder.mode} input)",
+                    "source_shape": list(regridder.src_shape),
+                    "extrapolated_cells": regridder.n_extrapolated,
+                },
+                "years": years,
+                "split": {name: [y for y in years if split[y] == name] for name in SPLITS},
+                "stats_years": [y for y in years if split[y] == "train"],
+                "time_step_h": reference.time_step_h,
+                "per_year": {
+                    str(y): {
+                        "file": year_file(y),
+                        "split": split[y],
+                        "n_times": infos[y].n_times,
+                        "time_start": str(infos[y].time_start),
+                        "time_end": str(infos[y].times()[-1]),
+                    }
+                    for y in years
+                },
+                "nan_fill": NAN_FILL_METHOD,
+                "nan_counts": {str(y): infos[y].nan_counts for y in years},
+                "nan_outside_mask": {str(y): infos[y].nan_outside_mask for y in years},
+                "nan_filled": {str(y): filled[y] for y in years},
+                "max_nan_fraction": float(data_cfg["max_nan_fraction"]),
+                "mask": {
+                    "variable": reference.mask_variable,
+                    "fraction_inside": float(mask.mean()),
+                },
+                "constant_channels": constant,
+                "sources": {str(y): source_info(given[y]) for y in years},
+                "lead_times_h": lead_times,
+                "wind_orders": {"file": ORDERS_FILE, "digest": digest, "params": params},
+            }
+            write_json(tmp / META_FILE, meta)
+            _replace_dir(tmp, out_dir)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return out_dir
