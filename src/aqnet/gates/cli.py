@@ -1,0 +1,131 @@
+"""Command-line entry points of the three gates (``aqnet <gate> ...``); the logic is in the package.
+
+Each writes its JSON report on every outcome (``--report`` and ``--report-copy``), prints a
+one-line verdict ``<gate>: PASS|FAIL - <reason>`` and exits non-zero on failure.
+
+Examples::
+
+    aqnet verify-wind-order --cache results/cache \\
+        --reference results/baseline/wind_orders.npz \\
+        --report results/gates/verify_wind_order.json
+
+    aqnet audit-checkpoint --config results/variants/default/config.yaml --cache results/cache \\
+        --checkpoint results/baseline/baseline.ckpt \\
+        --report results/variants/default/audit_checkpoint.json
+
+    aqnet smoke-forward --config results/variants/default/config.yaml --cache results/cache \\
+        --checkpoint results/baseline/baseline.ckpt \\
+        --audit results/variants/default/audit_checkpoint.json \\
+        --report results/variants/default/smoke_forward.json --device auto
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from aqnet.stage import StageFailure, add_report_arguments, read_json, run_stage
+
+
+def add_arguments_verify_wind_order(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--cache", required=True, type=Path, help="cache folder (or its wind_orders.npz)"
+    )
+    parser.add_argument(
+        "--reference",
+        required=True,
+        type=Path,
+        help="the wind orders the baseline was trained with (.npz written by aqnet.orders)",
+    )
+    add_report_arguments(parser)
+
+
+def run_verify_wind_order(args: argparse.Namespace) -> int:
+    from aqnet.gates.wind_order import verify_wind_order
+
+    def check(report: dict[str, Any]) -> str:
+        return verify_wind_order(args.cache, args.reference, report=report)["reason"]
+
+    return run_stage("verify_wind_order", check, args.report, args.report_copy)
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", required=True, type=Path, help="resolved config of the variant (or config.yaml)"
+    )
+    parser.add_argument(
+        "--cache", required=True, type=Path, help="cache folder (stats.json, wind_orders.npz)"
+    )
+    parser.add_argument("--checkpoint", required=True, type=Path, help="the baseline checkpoint")
+
+
+def add_arguments_audit_checkpoint(parser: argparse.ArgumentParser) -> None:
+    _add_model_arguments(parser)
+    add_report_arguments(parser)
+
+
+def run_audit_checkpoint(args: argparse.Namespace) -> int:
+    from aqnet.config import load_resolved
+    from aqnet.gates.audit import audit_checkpoint
+
+    def check(report: dict[str, Any]) -> str:
+        cfg = load_resolved(args.config)
+        return audit_checkpoint(cfg, args.checkpoint, cache_dir=args.cache, report=report)["reason"]
+
+    return run_stage("audit_checkpoint", check, args.report, args.report_copy)
+
+
+def add_arguments_smoke_forward(parser: argparse.ArgumentParser) -> None:
+    _add_model_arguments(parser)
+    parser.add_argument(
+        "--audit",
+        required=True,
+        type=Path,
+        help="the audit_checkpoint report (gives the baseline's val_loss unless the config does)",
+    )
+    parser.add_argument(
+        "--device", default="auto", help="auto (a GPU when visible), cpu, cuda or cuda:<i>"
+    )
+    add_report_arguments(parser)
+
+
+def baseline_val_loss_of(cfg: dict[str, Any], audit_report: Path) -> tuple[float | None, str]:
+    """The baseline's recorded val_loss: ``baseline.val_loss`` of the config, else the audit's.
+
+    Raises:
+        StageFailure: the audit report is missing, unreadable, or records a failed audit.
+    """
+    configured = cfg.get("baseline", {}).get("val_loss")
+    try:
+        audit = read_json(audit_report)
+    except (OSError, ValueError) as exc:
+        raise StageFailure(
+            f"the audit_checkpoint report {audit_report} is unreadable: {exc}"
+        ) from exc
+    if not audit.get("passed", False):
+        raise StageFailure(
+            f"the audit_checkpoint report {audit_report} records a failed audit: "
+            f"{audit.get('reason', 'no reason recorded')}"
+        )
+    if configured is not None:
+        return float(configured), "config baseline.val_loss"
+    value = audit.get("baseline_val_loss")
+    if value is None:
+        return None, f"{audit_report} (none recorded)"
+    return float(value), f"{audit_report} ({audit.get('baseline_val_loss_source')})"
+
+
+def run_smoke_forward(args: argparse.Namespace) -> int:
+    from aqnet.config import load_resolved
+    from aqnet.gates.smoke import smoke_forward
+
+    def check(report: dict[str, Any]) -> str:
+        cfg = load_resolved(args.config)
+        val_loss, source = baseline_val_loss_of(cfg, args.audit)
+        report["baseline_val_loss_source"] = source
+        return smoke_forward(
+            cfg, args.cache, args.checkpoint, val_loss, device=args.device, report=report
+        )["reason"]
+
+    return run_stage("smoke_forward", check, args.report, args.report_copy)
