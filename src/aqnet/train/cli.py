@@ -1,0 +1,217 @@
+"""``aqnet train`` and its aliases ``train-baseline``, ``validate-short``, ``finetune``.
+
+Examples::
+
+    # the demo baseline, one process
+    aqnet train-baseline --config config.yaml --cache results/cache \\
+        --out-dir results/baseline --state-dir results/state/baseline
+
+    # the fine-tune on 2 nodes x 8 GCDs (srun sets SLURM_PROCID/LOCALID/NTASKS per rank)
+    srun --nodes 2 --ntasks-per-node 8 aqnet finetune \\
+        --config results/variants/default/config.yaml --cache results/cache \\
+        --init results/baseline/baseline.ckpt \\
+        --out-dir results/variants/default/finetune --state-dir results/state/default/finetune \\
+        --world-size 16
+
+    # the same under torchrun on one machine
+    torchrun --nproc-per-node 2 -m aqnet train --stage finetune ... --world-size 2
+
+    # the short validation gate (JSON report on every outcome)
+    aqnet validate-short --config ... --cache ... --init ... --out-dir .../validate_short \\
+        --state-dir results/state/default/validate_short --report .../validate_short.json
+
+Exit codes: 0 done (or gate passed), 1 failure (the reason is printed), 75 (``EX_TEMPFAIL``)
+``SIGUSR1`` received - the state was saved, requeue the job and it resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from aqnet.stage import StageFailure, add_report_arguments, run_stage, setup_logging
+
+__all__ = [
+    "add_arguments_finetune",
+    "add_arguments_train",
+    "add_arguments_train_baseline",
+    "add_arguments_validate_short",
+    "default_world_size",
+    "run_finetune",
+    "run_train",
+    "run_train_baseline",
+    "run_validate_short",
+]
+
+_ERRORS = (StageFailure, ValueError, FileNotFoundError, OSError, RuntimeError, KeyError)
+_REQUEUE = 75  # aqnet.train.loop.REQUEUE_EXIT_CODE (not imported here: --help stays fast)
+
+
+def _common(parser: argparse.ArgumentParser, *, report_required: bool = False) -> None:
+    parser.add_argument("--config", required=True, type=Path, help="resolved config (YAML)")
+    parser.add_argument("--cache", required=True, type=Path, help="training cache folder")
+    parser.add_argument("--out-dir", required=True, type=Path, help="the stage's output folder")
+    parser.add_argument(
+        "--state-dir",
+        required=True,
+        type=Path,
+        help="resume state folder (last.pt), outside the declared outputs so a failed job keeps it",
+    )
+    parser.add_argument(
+        "--init", type=Path, default=None, help="baseline checkpoint to fine-tune from"
+    )
+    parser.add_argument(
+        "--world-size",
+        type=int,
+        default=None,
+        help="expected number of ranks (nodes x tasks_per_node); a launch with another number "
+        "is refused. Default: launch.nodes x tasks_per_node for finetune, launch.tasks_per_node "
+        "for validate_short, no check for the baseline",
+    )
+    parser.add_argument(
+        "--stop-after-step",
+        type=int,
+        default=None,
+        help="debugging: stop right after this optimizer step as if killed (no extra checkpoint)",
+    )
+    add_report_arguments(parser, required=report_required)
+    parser.epilog = (
+        "exit codes: 0 done (gate passed), 1 failed (reason printed), "
+        f"{_REQUEUE} SIGUSR1 received: state saved in --state-dir, requeue the job to resume"
+    )
+
+
+def add_arguments_train(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--stage", required=True, choices=["baseline", "validate_short", "finetune"]
+    )
+    _common(parser)
+
+
+def add_arguments_train_baseline(parser: argparse.ArgumentParser) -> None:
+    _common(parser)
+
+
+def add_arguments_validate_short(parser: argparse.ArgumentParser) -> None:
+    _common(parser, report_required=True)
+
+
+def add_arguments_finetune(parser: argparse.ArgumentParser) -> None:
+    _common(parser)
+
+
+def default_world_size(cfg: Mapping[str, Any], stage: str) -> int | None:
+    """The world size a stage expects when ``--world-size`` is not given."""
+    launch = cfg["launch"]
+    if stage == "finetune":
+        return int(launch["nodes"]) * int(launch["tasks_per_node"])
+    if stage == "validate_short":
+        return int(launch["tasks_per_node"])
+    return None
+
+
+def _launch_rank() -> int:
+    from aqnet.train.distributed import LaunchError, detect_launch
+
+    try:
+        return detect_launch().rank
+    except (LaunchError, ValueError):
+        return 0  # the run itself reports the launch problem
+
+
+def _run_rank(name: str, rank: int, check: Callable[[dict[str, Any]], str]) -> int:
+    """A non-zero rank: run quietly, print only a failure."""
+    try:
+        check({})
+    except _ERRORS as exc:
+        print(f"{name} (rank {rank}): FAIL - {exc}", file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
+def _training_check(args: argparse.Namespace, cfg: Mapping[str, Any], stage: str, expected: Any):
+    from aqnet.train.loop import run_training
+
+    def check(report: dict[str, Any]) -> str:
+        result = run_training(
+            cfg,
+            stage=stage,
+            cache_dir=args.cache,
+            out_dir=args.out_dir,
+            state_dir=args.state_dir,
+            init_checkpoint=args.init,
+            expected_world_size=expected,
+            stop_after_step=args.stop_after_step,
+        )
+        report.update({k: v for k, v in result.items() if k != "rows"})
+        if not result["completed"]:
+            return (
+                f"stopped after step {result['stopped_after_step']} as asked (--stop-after-step); "
+                f"rerun to resume from {result['state_path']}"
+            )
+        best = result["best_val_loss"]
+        return (
+            f"{result['steps_done']} steps on {result['world_size']} rank(s), final val_loss "
+            f"{result['final_val_loss']:.4f} (best {best:.4f} at step {result['best_step']}); "
+            f"outputs in {args.out_dir}"
+        )
+
+    return check
+
+
+def _run(args: argparse.Namespace, stage: str) -> int:
+    from aqnet.config import load_resolved
+    from aqnet.train.loop import REQUEUE_EXIT_CODE, RequeueRequested
+
+    setup_logging()
+    cfg = load_resolved(args.config)
+    expected = args.world_size if args.world_size is not None else default_world_size(cfg, stage)
+    if stage == "validate_short":
+        if args.report is None:
+            print("validate_short: --report is required", file=sys.stderr)
+            return 2
+        if args.init is None:
+            print("validate_short: --init (the baseline checkpoint) is required", file=sys.stderr)
+            return 2
+        from aqnet.train.validate_short import validate_short
+
+        def check(report: dict[str, Any]) -> str:
+            return validate_short(
+                cfg,
+                cache_dir=args.cache,
+                out_dir=args.out_dir,
+                state_dir=args.state_dir,
+                init_checkpoint=args.init,
+                expected_world_size=expected,
+                report=report,
+            )
+
+    else:
+        check = _training_check(args, cfg, stage, expected)
+    rank = _launch_rank()
+    try:
+        if rank == 0:
+            return run_stage(stage, check, args.report, args.report_copy)
+        return _run_rank(stage, rank, check)
+    except RequeueRequested as exc:
+        print(f"{stage}: REQUEUE - {exc}", flush=True)
+        return REQUEUE_EXIT_CODE
+
+
+def run_train(args: argparse.Namespace) -> int:
+    return _run(args, args.stage)
+
+
+def run_train_baseline(args: argparse.Namespace) -> int:
+    return _run(args, "baseline")
+
+
+def run_validate_short(args: argparse.Namespace) -> int:
+    return _run(args, "validate_short")
+
+
+def run_finetune(args: argparse.Namespace) -> int:
+    return _run(args, "finetune")

@@ -1,0 +1,918 @@
+"""The training loop: one entry point for the baseline, the short validation run and the fine-tune.
+
+:func:`run_training` runs as a single process, under ``torchrun`` or as ``srun`` ranks
+(:mod:`aqnet.train.distributed`), and does:
+
+* **data** - the cache's ``train`` split in a seeded, resumable ``DistributedSampler`` order
+  (:mod:`aqnet.train.sampling`); the global batch ``train.batch_size`` is split over ranks and
+  ``train.grad_accum`` micro-batches, so one rank and N ranks train on the same global batches;
+* **loss** - masked MSE over the data's domain mask (:func:`aqnet.losses.masked_mse`);
+* **optimisation** - AdamW over the parameter groups of ``train.param_groups`` with ``lr`` /
+  ``lr_new`` (:mod:`aqnet.train.optim`), warm-up + cosine, gradient clipping, optional bf16
+  autocast on GPUs, gradient accumulation (DDP's ``no_sync`` on all but the last micro-batch);
+* **validation** at step 0 (before any update), every ``val_every`` steps and at the end, over the
+  pipeline's one validation subset (``validation.samples`` items evenly spaced over the split,
+  :func:`aqnet.data.validation_indices`; the ``smoke_forward`` gate evaluates the same items) split
+  over ranks in micro-batches of ``validation.batch_size``; squared errors are summed per pollutant
+  and lead time and reduced across ranks before dividing, so the loss does not depend on the
+  number of ranks or the batch size;
+* **metrics** - ``metrics.csv`` by rank 0 (:mod:`aqnet.train.metrics`), a progress bar on a TTY;
+* **safety** - a NaN/inf loss or gradient norm stops the run before the update, naming the step
+  and the last good checkpoint (:class:`TrainingDiverged`);
+* **resumption** - ``<state_dir>/last.pt`` every ``checkpoint_every`` steps and at the end
+  (:mod:`aqnet.train.state`), written atomically; a restarted run continues exactly where the
+  state left off. ``SIGUSR1`` (Slurm's ``--signal=USR1@<seconds>`` before the time limit) makes
+  every rank finish its step, save the state and stop with :class:`RequeueRequested`; the CLI
+  exits with :data:`REQUEUE_EXIT_CODE` (75, ``EX_TEMPFAIL`` of ``sysexits.h``: "try again").
+
+Stage outputs (``out_dir``, rank 0): ``baseline`` - ``baseline.ckpt`` (Lightning layout, the weights
+of the best validation and that loss) and ``wind_orders.npz``; ``finetune`` - ``final.ckpt``
+(Lightning layout, the final weights and their validation loss) and ``summary.json``; every
+stage - ``metrics.csv``. The fine-tune and ``validate_short`` start from ``init_checkpoint``,
+loaded only through :func:`aqnet.model.compat.load_weights` (the audited path).
+
+``validate_short`` runs the fine-tune's first ``gates.validate_short_steps`` steps with the full
+run's schedule and per-rank batch (``finetune.batch_size / (launch.nodes x tasks_per_node)``), so
+its step time is the full run's; it never resumes (a gate must see step 0).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import signal
+import statistics
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from aqnet.config import POLLUTANTS
+from aqnet.losses import masked_mse, masked_sq_err_sums
+from aqnet.stage import StageFailure, write_json
+from aqnet.train.distributed import DistContext, init_distributed
+from aqnet.train.metrics import Progress, metric_columns, write_metrics
+from aqnet.train.optim import (
+    build_optimizer,
+    build_param_groups,
+    build_scheduler,
+    group_lrs,
+)
+from aqnet.train.sampling import ResumableDistributedSampler
+from aqnet.train.state import (
+    STATE_FILE,
+    ResumeError,
+    capture_rng,
+    fingerprint_differences,
+    load_state,
+    restore_rng,
+    save_state,
+)
+
+log = logging.getLogger("aqnet.train")
+
+__all__ = [
+    "REQUEUE_EXIT_CODE",
+    "STAGES",
+    "BatchPlan",
+    "RequeueRequested",
+    "TrainingDiverged",
+    "plan_batches",
+    "run_training",
+    "train_section",
+]
+
+STAGES = ("baseline", "validate_short", "finetune")
+REQUEUE_EXIT_CODE = 75
+"""Exit code after ``SIGUSR1``: the state is saved, requeue the job (``EX_TEMPFAIL``)."""
+
+OUTPUT_FILES = {
+    "baseline": ("baseline.ckpt", "wind_orders.npz", "metrics.csv"),
+    "validate_short": ("metrics.csv",),
+    "finetune": ("final.ckpt", "metrics.csv", "summary.json"),
+}
+
+
+class TrainingDiverged(StageFailure):
+    """A loss or gradient norm that is NaN or infinite; the run stopped before the update."""
+
+
+class RequeueRequested(Exception):  # noqa: N818 - a request, not an error
+    """``SIGUSR1`` arrived: the state was saved at ``step``; requeue the job to continue."""
+
+    def __init__(self, message: str, *, step: int, state_path: Path) -> None:
+        super().__init__(message)
+        self.step = step
+        self.state_path = state_path
+
+
+def train_section(cfg: Mapping[str, Any], stage: str) -> dict[str, Any]:
+    """The ``definitions/train`` settings of a stage: ``baseline.train`` or ``finetune``."""
+    if stage not in STAGES:
+        raise ValueError(f"unknown training stage {stage!r}; one of {', '.join(STAGES)}")
+    return dict(cfg["baseline"]["train"] if stage == "baseline" else cfg["finetune"])
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class BatchPlan:
+    """How a stage's batches are laid out.
+
+    Attributes:
+        global_batch: samples per optimizer step over all ranks and micro-batches.
+        micro_batch: samples per forward pass on one rank.
+        grad_accum: micro-batches per optimizer step.
+        world_size: ranks of this run.
+        run_steps: optimizer steps this run performs.
+        schedule_steps: length of the learning-rate schedule (the full run's for validate_short).
+    """
+
+    global_batch: int
+    micro_batch: int
+    grad_accum: int
+    world_size: int
+    run_steps: int
+    schedule_steps: int
+
+    @property
+    def per_rank_step(self) -> int:
+        """Samples one rank consumes per optimizer step."""
+        return self.micro_batch * self.grad_accum
+
+
+def plan_batches(cfg: Mapping[str, Any], stage: str, *, world_size: int) -> BatchPlan:
+    """The batch layout of ``stage`` on ``world_size`` ranks.
+
+    Raises:
+        ValueError: a global batch that does not split evenly over ranks and micro-batches.
+    """
+    tcfg = train_section(cfg, stage)
+    batch, accum = int(tcfg["batch_size"]), int(tcfg["grad_accum"])
+    section = "baseline.train" if stage == "baseline" else "finetune"
+    if stage == "validate_short":
+        launch = cfg["launch"]
+        full_world = int(launch["nodes"]) * int(launch["tasks_per_node"])
+        if batch % (full_world * accum):
+            raise ValueError(
+                f"finetune.batch_size {batch} does not split over the full run's {full_world} "
+                f"ranks (launch.nodes x tasks_per_node) x {accum} accumulation steps"
+            )
+        micro = batch // (full_world * accum)
+        return BatchPlan(
+            global_batch=micro * accum * world_size,
+            micro_batch=micro,
+            grad_accum=accum,
+            world_size=world_size,
+            run_steps=int(cfg["gates"]["validate_short_steps"]),
+            schedule_steps=int(tcfg["steps"]),
+        )
+    if batch % (world_size * accum):
+        raise ValueError(
+            f"{section}.batch_size {batch} does not split over {world_size} ranks x {accum} "
+            f"accumulation steps ({section}.grad_accum); use a multiple of {world_size * accum}"
+        )
+    return BatchPlan(
+        global_batch=batch,
+        micro_batch=batch // (world_size * accum),
+        grad_accum=accum,
+        world_size=world_size,
+        run_steps=int(tcfg["steps"]),
+        schedule_steps=int(tcfg["steps"]),
+    )
+
+
+@contextlib.contextmanager
+def _usr1_flag() -> Iterator[threading.Event]:
+    """An event set by ``SIGUSR1`` while the block runs (main thread only; else never set)."""
+    event = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield event
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        event.set()
+
+    previous = signal.signal(signal.SIGUSR1, handler)
+    try:
+        yield event
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+
+
+def run_training(
+    cfg: Mapping[str, Any],
+    *,
+    stage: str,
+    cache_dir: str | Path,
+    out_dir: str | Path,
+    state_dir: str | Path,
+    init_checkpoint: str | Path | None = None,
+    expected_world_size: int | None = None,
+    stop_after_step: int | None = None,
+    resume: bool | None = None,
+) -> dict[str, Any]:
+    """Train one stage; see the module docstring.
+
+    Args:
+        cfg: a resolved, validated config (``aqnet.config.load_resolved``).
+        stage: ``baseline``, ``validate_short`` or ``finetune``.
+        cache_dir: the training cache (``aqnet.data.build_cache``).
+        out_dir: where the stage's outputs go (``metrics.csv``, checkpoints, summary).
+        state_dir: where ``last.pt`` (the resume state) lives, outside the declared outputs.
+        init_checkpoint: the baseline checkpoint the fine-tune and ``validate_short`` start from.
+        expected_world_size: the configured ``nodes x tasks_per_node``; a launch with another
+            number of ranks is refused.
+        stop_after_step: debugging - return right after this optimizer step, as if the process had
+            been killed there (no extra checkpoint is written).
+        resume: continue from ``<state_dir>/last.pt`` when present (default: every stage but
+            ``validate_short``).
+
+    Returns:
+        ``{"stage", "steps_done", "run_steps", "completed", "stopped_after_step", "resumed_from",
+        "world_size", "ranks", "launcher", "batch", "validation_samples", "rows",
+        "step0_val_loss", "final_val_loss",
+        "best_val_loss", "best_step", "step_time_s", "wall_time_s", "outputs", "state_path"}`` on
+        every rank.
+
+    Raises:
+        TrainingDiverged: a NaN/inf loss or gradient norm.
+        RequeueRequested: ``SIGUSR1`` arrived; the state is saved.
+        LaunchError: the ranks were not started as configured.
+        ValueError: bad settings, a checkpoint that does not fit (``CheckpointError``), a resume
+            state from a different run (``ResumeError``).
+    """
+    tcfg = train_section(cfg, stage)
+    if stage != "baseline" and init_checkpoint is None:
+        raise ValueError(
+            f"stage {stage} needs --init: the baseline checkpoint to fine-tune from "
+            "(baseline.checkpoint, or results/baseline/baseline.ckpt in the demo)"
+        )
+    ctx = init_distributed(
+        backend=tcfg["backend"],
+        device=tcfg["device"],
+        timeout_s=float(tcfg["dist_timeout_s"]),
+        expected_world_size=expected_world_size,
+    )
+    try:
+        with _usr1_flag() as usr1:
+            trainer = _Trainer(
+                cfg,
+                stage=stage,
+                ctx=ctx,
+                cache_dir=Path(cache_dir),
+                out_dir=Path(out_dir),
+                state_dir=Path(state_dir),
+                init_checkpoint=None if init_checkpoint is None else Path(init_checkpoint),
+                resume=(stage != "validate_short") if resume is None else resume,
+                usr1=usr1,
+            )
+            return trainer.run(stop_after_step=stop_after_step)
+    finally:
+        ctx.close()
+
+
+def _finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
+
+
+class _Trainer:
+    """The state of one training run on one rank (see :func:`run_training`)."""
+
+    def __init__(
+        self,
+        cfg: Mapping[str, Any],
+        *,
+        stage: str,
+        ctx: DistContext,
+        cache_dir: Path,
+        out_dir: Path,
+        state_dir: Path,
+        init_checkpoint: Path | None,
+        resume: bool,
+        usr1: threading.Event,
+    ) -> None:
+        from aqnet.data import CacheDataset, load_stats, make_validation_loader
+        from aqnet.model import Forecaster, baseline_of, from_pipeline_config
+
+        self.cfg = cfg
+        self.stage = stage
+        self.ctx = ctx
+        self.device = ctx.device
+        self.tcfg = train_section(cfg, stage)
+        self.out_dir = out_dir
+        self.state_path = state_dir / STATE_FILE
+        self.usr1 = usr1
+        self.plan = plan_batches(cfg, stage, world_size=ctx.world_size)
+        self.lead_times = [int(h) for h in cfg["lead_times_h"]]
+        self.start_time = time.perf_counter()
+        if ctx.is_main:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            state_dir.mkdir(parents=True, exist_ok=True)
+
+        # -- data ---------------------------------------------------------------------------
+        self.train_ds = CacheDataset(
+            cache_dir, "train", lead_times_h=tuple(self.lead_times), out_variables=POLLUTANTS
+        )
+        self.val_ds = CacheDataset(
+            cache_dir, "val", lead_times_h=tuple(self.lead_times), out_variables=POLLUTANTS
+        )
+        # The pipeline's validation subset (the smoke_forward gate evaluates the same items).
+        self.n_val = min(int(cfg["validation"]["samples"]), len(self.val_ds))
+        self.steps_per_epoch = len(self.train_ds) // self.plan.global_batch
+        if self.steps_per_epoch < 1:
+            raise ValueError(
+                f"the train split of {cache_dir} has {len(self.train_ds)} samples, fewer than one "
+                f"global batch of {self.plan.global_batch}; lower the batch size"
+            )
+
+        # -- model --------------------------------------------------------------------------
+        seed = int(self.tcfg["seed"])
+        _seed_everything(seed)
+        mcfg = from_pipeline_config(cfg, stats=load_stats(cache_dir))
+        self.mcfg = baseline_of(mcfg) if stage == "baseline" else mcfg
+        self.model: nn.Module = Forecaster(self.mcfg)
+        self.alpha_params = _alpha_parameters(self.model)
+        self.columns = metric_columns(
+            out_variables=POLLUTANTS,
+            lead_times_h=self.lead_times,
+            topoflow_blocks=sorted(self.alpha_params),
+        )
+
+        state = None
+        if resume:
+            state = load_state(self.state_path)
+        elif ctx.is_main and self.state_path.exists():
+            log.info("%s starts afresh: ignoring %s", stage, self.state_path)
+        self.init_report: dict[str, Any] | None = None
+        if state is None and init_checkpoint is not None:
+            self.init_report = self._load_init(init_checkpoint)
+        self.model.to(self.device)
+
+        groups = build_param_groups(
+            self.model,
+            mode=self.tcfg["param_groups"],
+            lr=float(self.tcfg["lr"]),
+            lr_new=float(self.tcfg["lr_new"]),
+            weight_decay=float(self.tcfg["weight_decay"]),
+            new_names=self.model.new_parameter_names(),
+            topoflow_blocks=self.mcfg.topoflow_blocks,
+        )
+        self.trainable = [p for g in groups for p in g["params"]]
+        self.optimizer = build_optimizer(groups)
+        self.scheduler = build_scheduler(
+            self.optimizer,
+            total_steps=self.plan.schedule_steps,
+            warmup_steps=int(self.tcfg["warmup_steps"]),
+            min_lr_ratio=float(self.tcfg["min_lr_ratio"]),
+        )
+
+        # -- state --------------------------------------------------------------------------
+        self.step = 0
+        self.rows: list[dict[str, Any]] = []
+        self.best: dict[str, Any] = {"val_loss": None, "step": None, "model": None}
+        self.last_checkpoint_step: int | None = None
+        self.resumed_from: int | None = None
+        if state is not None:
+            self._restore(state)
+
+        # -- wrappers and loaders -----------------------------------------------------------
+        self.net: nn.Module = self.model
+        if ctx.distributed:
+            self.net = nn.parallel.DistributedDataParallel(
+                self.model,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                # elevation_alpha takes no gradient when the elevation bias is switched off.
+                find_unused_parameters=bool(self.mcfg.topoflow_blocks)
+                and not self.mcfg.elevation_bias,
+                # The buffers (scan orders, H_scale) are constants: nothing to broadcast per step.
+                broadcast_buffers=False,
+            )
+        num_workers = int(self.tcfg["num_workers"])
+        self.sampler = ResumableDistributedSampler(
+            self.train_ds, num_replicas=ctx.world_size, rank=ctx.rank, seed=seed
+        )
+        self.train_loader = DataLoader(
+            self.train_ds,
+            batch_size=self.plan.micro_batch,
+            sampler=self.sampler,
+            num_workers=num_workers,
+            drop_last=True,
+            pin_memory=self.device.type == "cuda",
+            generator=torch.Generator().manual_seed(seed),
+        )
+        self._iter: Iterator[Any] | None = None
+        self.val_loader = make_validation_loader(
+            self.val_ds,
+            n_samples=self.n_val,
+            batch_size=int(cfg["validation"]["batch_size"]),
+            rank=ctx.rank,
+            world_size=ctx.world_size,
+            num_workers=num_workers,
+            pin_memory=self.device.type == "cuda",
+        )
+        self.autocast = bool(self.tcfg["bf16"]) and self.device.type == "cuda"
+        self.progress = Progress(
+            total=self.plan.run_steps, enabled=ctx.is_main, every=int(self.tcfg["log_every"])
+        )
+
+    # ------------------------------------------------------------------------------------
+    # Set-up helpers
+    # ------------------------------------------------------------------------------------
+
+    def _load_init(self, path: Path) -> dict[str, Any]:
+        from aqnet.gates.audit import expected_missing_keys
+        from aqnet.model.compat import load_weights
+
+        expected = expected_missing_keys(self.cfg, self.model)
+        report = load_weights(self.model, path, expected_missing=expected)
+        if self.ctx.is_main:
+            log.info(
+                "loaded %d tensors (%d parameters) from %s; new: %s",
+                len(report.loaded),
+                report.loaded_parameters,
+                path,
+                ", ".join(report.missing) or "none",
+            )
+        return {
+            "path": str(path),
+            "loaded": len(report.loaded),
+            "loaded_parameters": report.loaded_parameters,
+            "missing": list(report.missing),
+            "val_loss": report.val_loss,
+        }
+
+    def _fingerprint(self) -> dict[str, Any]:
+        keys = (
+            "batch_size",
+            "grad_accum",
+            "lr",
+            "lr_new",
+            "weight_decay",
+            "param_groups",
+            "warmup_steps",
+            "min_lr_ratio",
+            "grad_clip",
+            "bf16",
+            "seed",
+        )
+        return {
+            "stage": self.stage,
+            "model_config": self.mcfg.to_dict(),
+            "global_batch": self.plan.global_batch,
+            "schedule_steps": self.plan.schedule_steps,
+            "lead_times_h": list(self.lead_times),
+            "train_samples": len(self.train_ds),
+            # best_val_loss compares passes: they must all evaluate the same subset
+            "validation_samples": self.n_val,
+            **{k: self.tcfg[k] for k in keys},
+        }
+
+    def _restore(self, state: Mapping[str, Any]) -> None:
+        diffs = fingerprint_differences(state.get("fingerprint", {}), self._fingerprint())
+        if diffs:
+            listing = "; ".join(f"{k}: {a!r} (state) vs {b!r} (now)" for k, (a, b) in diffs.items())
+            raise ResumeError(
+                f"resume state {self.state_path} was written by a different run ({listing}); "
+                "restore the settings, or move the state away to start the stage afresh"
+            )
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step = int(state["step"])
+        self.rows = [dict(r) for r in state["metrics"]]
+        self.best = dict(state["best"])
+        self.init_report = state.get("init")
+        self.last_checkpoint_step = self.step
+        self.resumed_from = self.step
+        rng = state["rng"]
+        if len(rng) != self.ctx.world_size and self.ctx.is_main:
+            log.warning(
+                "resume state saved by %d ranks, now %d: rank generators restarted from rank 0's",
+                len(rng),
+                self.ctx.world_size,
+            )
+        restore_rng(rng[self.ctx.rank] if len(rng) == self.ctx.world_size else rng[0])
+        if self.ctx.is_main:
+            log.info("resumed %s from %s at step %d", self.stage, self.state_path, self.step)
+
+    # ------------------------------------------------------------------------------------
+    # Steps
+    # ------------------------------------------------------------------------------------
+
+    def _batches(self) -> Iterator[Any]:
+        """The next micro-batch; a new iterator at each epoch start (or after a resume)."""
+        if self._iter is None:
+            epoch, pos = divmod(self.step, self.steps_per_epoch)
+            self.sampler.set_position(epoch=epoch, start=pos * self.plan.per_rank_step)
+            self._iter = iter(self.train_loader)
+        return self._iter
+
+    def _to_device(self, batch: Any) -> list[torch.Tensor]:
+        items = list(batch)
+        if len(items) != 5:
+            raise ValueError(
+                f"a training batch has {len(items)} items; expected 5 "
+                "(x, y, lead_time_h, elevation_m, mask)"
+            )
+        return [t.to(self.device, non_blocking=True) for t in items]
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.autocast:
+            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _train_step(self) -> dict[str, Any]:
+        self.net.train()
+        t0 = time.perf_counter()
+        accum = self.plan.grad_accum
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        for j in range(accum):
+            x, y, lead, elev, mask = self._to_device(next(self._batches()))
+            sync = (
+                self.net.no_sync()
+                if self.ctx.distributed and j < accum - 1
+                else contextlib.nullcontext()
+            )
+            with sync:
+                with self._autocast():
+                    pred = self.net(x, lead, elev)  # (B, C, H, W)
+                loss = masked_mse(pred.float(), y, mask)
+                (loss / accum).backward()
+            loss_sum += loss.detach().double()
+        # One collective for the loss and the requeue flag.
+        flag = torch.tensor(float(self.usr1.is_set()), dtype=torch.float64, device=self.device)
+        packed = self.ctx.all_reduce_sum(torch.stack([loss_sum / accum, flag])).cpu()
+        train_loss = float(packed[0]) / self.ctx.world_size
+        step = self.step + 1
+        if not math.isfinite(train_loss):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise TrainingDiverged(self._diverged("training loss", train_loss, step))
+        if float(self.tcfg["grad_clip"]) > 0:
+            norm = nn.utils.clip_grad_norm_(self.trainable, float(self.tcfg["grad_clip"]))
+        else:
+            norm = nn.utils.get_total_norm([p.grad for p in self.trainable if p.grad is not None])
+        grad_norm = float(norm)
+        if not math.isfinite(grad_norm):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise TrainingDiverged(self._diverged("gradient norm", grad_norm, step))
+        lrs = group_lrs(self.optimizer)  # the rates of this update
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        dt = time.perf_counter() - t0
+        self.step = step
+        if self.step % self.steps_per_epoch == 0:
+            self._iter = None  # next epoch
+        return {
+            "step": self.step,
+            "epoch": self.step / self.steps_per_epoch,
+            "train_loss": train_loss,
+            **lrs,
+            **self._alphas(),
+            "grad_norm": grad_norm,
+            "samples_per_s": self.plan.global_batch / dt,
+            "step_time_s": dt,
+            "requeue": float(packed[1]) > 0,
+        }
+
+    def _diverged(self, what: str, value: float, step: int) -> str:
+        epoch = (step - 1) // self.steps_per_epoch
+        if self.last_checkpoint_step is not None:
+            last = (
+                f"the last good checkpoint is {self.state_path} (step {self.last_checkpoint_step})"
+            )
+        else:
+            last = f"no checkpoint was written yet ({self.state_path} does not exist)"
+        hint = self._batch_diagnosis(step) if what != "validation loss" else ""
+        return (
+            f"{self.stage}: non-finite {what} ({value}) at step {step} (epoch {epoch}); the run "
+            f"stopped before applying the update; {last}.{hint}"
+        )
+
+    def _batch_diagnosis(self, step: int) -> str:
+        """Which of this rank's samples of ``step`` hold NaN/inf, for the failure message."""
+        epoch, pos = divmod(step - 1, self.steps_per_epoch)
+        sampler = ResumableDistributedSampler(
+            self.train_ds,
+            num_replicas=self.ctx.world_size,
+            rank=self.ctx.rank,
+            seed=int(self.tcfg["seed"]),
+        )
+        sampler.set_position(epoch=epoch, start=0)
+        per_rank = self.plan.per_rank_step
+        indices = list(sampler)[pos * per_rank : (pos + 1) * per_rank]
+        found = []
+        for i in indices:
+            x, y = self.train_ds[i][:2]  # (V, H, W), (n_out, H, W)
+            names = [f"x:{v}" for v in self.train_ds.variables]
+            names += [f"y:{v}" for v in self.train_ds.out_variables]
+            finite = _finite_channels(x) + _finite_channels(y)
+            bad = [n for n, ok in zip(names, finite, strict=True) if not ok]
+            if bad:
+                year, t, lead, valid = self.train_ds.sample_info(i)
+                found.append(
+                    f"sample {i} (year {year}, time index {t}, lead {lead} h, valid {valid}): "
+                    + ", ".join(bad)
+                )
+        if found:
+            shown = "; ".join(found[:5]) + (
+                f"; ... ({len(found) - 5} more)" if len(found) > 5 else ""
+            )
+            return (
+                f" Non-finite values in the data of rank {self.ctx.rank}'s part of the batch: "
+                f"{shown} - fix the cache (build_cache's NaN handling) or the input file."
+            )
+        return (
+            f" The data of rank {self.ctx.rank}'s part of the batch is finite: the model diverged; "
+            "lower the learning rate (lr/lr_new), lengthen the warm-up or enable grad_clip."
+        )
+
+    def _alphas(self) -> dict[str, float]:
+        return {
+            f"alpha_block{i}": float(p.detach().float().cpu()[0])
+            for i, p in self.alpha_params.items()
+        }
+
+    @torch.no_grad()
+    def _validate(self) -> dict[str, Any]:
+        self.model.eval()
+        t0 = time.perf_counter()
+        n_leads, n_out = len(self.lead_times), len(POLLUTANTS)
+        sq = torch.zeros(n_leads, n_out, dtype=torch.float64, device=self.device)
+        weight = torch.zeros(n_leads, dtype=torch.float64, device=self.device)
+        leads = torch.tensor(self.lead_times, dtype=torch.float32, device=self.device)
+        for batch in self.val_loader:
+            x, y, lead, elev, mask = self._to_device(batch)
+            with self._autocast():
+                pred = self.model(x, lead, elev)  # (B, C, H, W)
+            s, w = masked_sq_err_sums(pred.float(), y, mask)  # (B, C), (B,)
+            match = lead[:, None].float() == leads[None, :]  # (B, n_leads)
+            if not bool(match.any(dim=1).all()):
+                raise ValueError(
+                    f"validation batch has lead times {sorted(set(lead.tolist()))} not among "
+                    f"lead_times_h {self.lead_times}"
+                )
+            idx = match.to(torch.int64).argmax(dim=1)  # (B,)
+            sq.index_add_(0, idx, s.double())
+            weight.index_add_(0, idx, w.double())
+        self.ctx.all_reduce_sum(sq)
+        self.ctx.all_reduce_sum(weight)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        sq, weight = sq.cpu(), weight.cpu()
+        total_w = float(weight.sum())
+        if total_w <= 0:
+            raise ValueError(
+                f"validation over {self.n_val} samples selected no grid cell (mask weight 0)"
+            )
+        out: dict[str, Any] = {"val_loss": float(sq.sum()) / (n_out * total_w)}
+        for c, name in enumerate(POLLUTANTS):
+            out[f"val_loss_{name}"] = float(sq[:, c].sum()) / total_w
+        for i, h in enumerate(self.lead_times):
+            w_i = float(weight[i])
+            out[f"val_loss_{h}h"] = float(sq[i].sum()) / (n_out * w_i) if w_i > 0 else math.nan
+        out["val_time_s"] = time.perf_counter() - t0
+        if not math.isfinite(out["val_loss"]):
+            raise TrainingDiverged(self._diverged("validation loss", out["val_loss"], self.step))
+        return out
+
+    def _record_validation(self, row: dict[str, Any]) -> None:
+        row.update(self._validate())
+        val = row["val_loss"]
+        if self.best["val_loss"] is None or val < self.best["val_loss"]:
+            self.best = {"val_loss": val, "step": self.step, "model": None}
+            if self.stage == "baseline":
+                self.best["model"] = {
+                    k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()
+                }
+
+    # ------------------------------------------------------------------------------------
+    # Persistence
+    # ------------------------------------------------------------------------------------
+
+    def _save_state(self) -> None:
+        rng = self.ctx.all_gather_object(capture_rng())
+        if self.ctx.is_main:
+            epoch, pos = divmod(self.step, self.steps_per_epoch)
+            save_state(
+                self.state_path,
+                {
+                    "stage": self.stage,
+                    "fingerprint": self._fingerprint(),
+                    "step": self.step,
+                    "sampler": {"epoch": epoch, "step_in_epoch": pos, "seed": self.tcfg["seed"]},
+                    "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+                    "optimizer": self.optimizer.state_dict(),
+                    "scheduler": self.scheduler.state_dict(),
+                    "rng": rng,
+                    "metrics": self.rows,
+                    "best": self.best,
+                    "init": self.init_report,
+                    "world_size": self.ctx.world_size,
+                },
+            )
+            self._write_metrics()
+        self.last_checkpoint_step = self.step
+
+    def _write_metrics(self) -> None:
+        if self.ctx.is_main:
+            write_metrics(self.out_dir / "metrics.csv", self.rows, self.columns)
+
+    def _write_outputs(self) -> dict[str, str]:
+        from aqnet.model.compat import save_lightning_checkpoint
+        from aqnet.orders import save_orders
+
+        outputs = {"metrics": str(self.out_dir / "metrics.csv")}
+        if not self.ctx.is_main:
+            return outputs
+        self._write_metrics()
+        final = self.rows[-1]
+        hp = {
+            "model_config": self.mcfg.to_dict(),
+            "stage": self.stage,
+            "variant": self.cfg.get("variant", "default"),
+            "steps": self.step,
+            "global_batch": self.plan.global_batch,
+            "lr": float(self.tcfg["lr"]),
+            "lr_new": float(self.tcfg["lr_new"]),
+            "lead_times_h": list(self.lead_times),
+            "best_val_loss": self.best["val_loss"],
+            "best_val_step": self.best["step"],
+        }
+        if self.stage == "baseline":
+            path = self.out_dir / "baseline.ckpt"
+            if self.best["model"] is not None:
+                self.model.load_state_dict(self.best["model"])
+            save_lightning_checkpoint(
+                path,
+                self.model,
+                hyper_parameters=hp,
+                val_loss=self.best["val_loss"],
+                global_step=int(self.best["step"] or 0),
+            )
+            orders_path = self.out_dir / "wind_orders.npz"
+            save_orders(orders_path, self.model.wind_orders(), self.model.orders_params())
+            outputs.update(checkpoint=str(path), wind_orders=str(orders_path))
+        elif self.stage == "finetune":
+            path = self.out_dir / "final.ckpt"
+            save_lightning_checkpoint(
+                path,
+                self.model,
+                hyper_parameters=hp,
+                val_loss=final.get("val_loss"),
+                global_step=self.step,
+            )
+            summary_path = self.out_dir / "summary.json"
+            write_json(summary_path, self._summary())
+            outputs.update(checkpoint=str(path), summary=str(summary_path))
+        return outputs
+
+    def _summary(self) -> dict[str, Any]:
+        final = self.rows[-1]
+        val_rows = [r for r in self.rows if r.get("val_loss") is not None]
+        return {
+            "stage": self.stage,
+            "variant": self.cfg.get("variant", "default"),
+            "steps": self.step,
+            "world_size": self.ctx.world_size,
+            "global_batch": self.plan.global_batch,
+            "validation_samples": self.n_val,
+            "step0_val_loss": val_rows[0]["val_loss"] if val_rows else None,
+            "final_val_loss": final.get("val_loss"),
+            "final": {k: v for k, v in final.items() if k.startswith(("val_loss", "alpha_"))},
+            "best_val_loss": self.best["val_loss"],
+            "best_step": self.best["step"],
+            "baseline_val_loss": (self.init_report or {}).get("val_loss"),
+            "step_time_s": self._median_step_time(),
+            "resumed_from": self.resumed_from,
+            "model_config": self.mcfg.to_dict(),
+        }
+
+    def _median_step_time(self) -> float | None:
+        times = [r["step_time_s"] for r in self.rows if r.get("step_time_s") is not None]
+        times = times[1:] or times
+        return statistics.median(times) if times else None
+
+    # ------------------------------------------------------------------------------------
+    # The run
+    # ------------------------------------------------------------------------------------
+
+    def run(self, *, stop_after_step: int | None = None) -> dict[str, Any]:
+        run_steps = self.plan.run_steps
+        if self.ctx.is_main:
+            log.info(
+                "%s: %d steps (from %d), global batch %d = %d ranks x %d x %d accumulation, "
+                "%d steps per epoch, validation on %d samples, device %s",
+                self.stage,
+                run_steps,
+                self.step,
+                self.plan.global_batch,
+                self.ctx.world_size,
+                self.plan.micro_batch,
+                self.plan.grad_accum,
+                self.steps_per_epoch,
+                self.n_val,
+                self.device,
+            )
+        if self.step > run_steps:
+            raise ResumeError(
+                f"resume state {self.state_path} is at step {self.step}, beyond this run's "
+                f"{run_steps} steps; move it away to start afresh"
+            )
+        if not self.rows:
+            row: dict[str, Any] = {"step": 0, "epoch": 0.0}
+            row.update(self._alphas())
+            self._record_validation(row)
+            self.rows.append(row)
+            self._write_metrics()
+            self.progress.update(row)
+        stopped = None
+        val_every = int(self.tcfg["val_every"])
+        ckpt_every = int(self.tcfg["checkpoint_every"])
+        while self.step < run_steps:
+            row = self._train_step()
+            requeue = row.pop("requeue")
+            last = self.step == run_steps
+            if self.step % val_every == 0 or last:
+                self._record_validation(row)
+            self.rows.append(row)
+            self.progress.update(row)
+            if self.step % ckpt_every == 0 or last or requeue:
+                self._save_state()
+            elif row.get("val_loss") is not None:
+                self._write_metrics()
+            if requeue and not last:
+                raise RequeueRequested(
+                    f"{self.stage}: SIGUSR1 received; state saved at step {self.step} in "
+                    f"{self.state_path}; requeue the job to continue "
+                    f"(exit code {REQUEUE_EXIT_CODE})",
+                    step=self.step,
+                    state_path=self.state_path,
+                )
+            if stop_after_step is not None and self.step >= stop_after_step and not last:
+                stopped = self.step
+                break
+        completed = self.step >= run_steps
+        outputs = self._write_outputs() if completed else {}
+        val_rows = [r for r in self.rows if r.get("val_loss") is not None]
+        return {
+            "stage": self.stage,
+            "steps_done": self.step,
+            "run_steps": run_steps,
+            "completed": completed,
+            "stopped_after_step": stopped,
+            "resumed_from": self.resumed_from,
+            "world_size": self.ctx.world_size,
+            "ranks": self.ctx.ranks,
+            "launcher": self.ctx.info.launcher,
+            "batch": dataclasses.asdict(self.plan),
+            "validation_samples": self.n_val,
+            "rows": self.rows,
+            "step0_val_loss": val_rows[0]["val_loss"] if val_rows else None,
+            "final_val_loss": val_rows[-1]["val_loss"] if val_rows else None,
+            "best_val_loss": self.best["val_loss"],
+            "best_step": self.best["step"],
+            "step_time_s": self._median_step_time(),
+            "wall_time_s": time.perf_counter() - self.start_time,
+            "init": self.init_report,
+            "outputs": outputs,
+            "state_path": str(self.state_path),
+        }
+
+
+def _finite_channels(t: torch.Tensor) -> list[bool]:
+    """Per channel of ``t: (C, H, W)``: whether every value is finite."""
+    return torch.isfinite(t).flatten(1).all(dim=1).tolist()
+
+
+def _seed_everything(seed: int) -> None:
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 - the global generator other code may use
+    torch.manual_seed(seed)
+
+
+def _alpha_parameters(model: nn.Module) -> dict[int, nn.Parameter]:
+    """``{block index: elevation_alpha}`` of every TopoFlow block."""
+    params = dict(model.named_parameters())
+    out: dict[int, nn.Parameter] = {}
+    for key in model.topoflow_keys():
+        if not key.endswith("elevation_alpha"):
+            continue
+        parts = key.split(".")
+        if len(parts) < 2 or parts[0] != "blocks" or not parts[1].isdigit():
+            raise ValueError(f"cannot tell the block of the TopoFlow parameter {key!r}")
+        if key not in params:
+            raise ValueError(f"TopoFlow key {key!r} is not a parameter of the model")
+        out[int(parts[1])] = params[key]
+    return dict(sorted(out.items()))
