@@ -1,0 +1,482 @@
+"""Build the report: figures, tables, the statistical verdict and a summary, for one or more
+variants.
+
+:func:`build_report` writes into ``out_dir`` (names are stable; the Snakemake report's captions in
+``workflow/report/<stem>.rst`` refer to them):
+
+==========================  ============================================================
+file                        content
+==========================  ============================================================
+``verdict.json``            the verdict of the primary variant with its numbers, every
+                            variant's verdict, the best variant and its tests, the gates
+``summary.md`` / ``.html``  the verdict first, then the tables; the HTML embeds the figures
+``val_loss.png``            val_loss vs step with the baseline and threshold lines; train loss
+``alpha.png``               elevation_alpha per TopoFlow block vs step
+``rmse_by_pollutant.png``   RMSE per pollutant and lead time, baseline vs fine-tuned
+``rmse_table.csv/.html``    the same as a table (physical units)
+``error_map.png``           baseline error map and the difference map with terrain contours
+``gain_by_elevation.png``   gain by elevation band and by terrain class
+``gain_by_region.png``      gain per wind-scan region, as a map
+``gain_by_region.csv``      the same as a table, best region first
+``gates.png``               gate outcomes and the projected vs measured fine-tune cost
+``variants.png``            comparison across variants (loss with CIs, RMSE, alpha, cost)
+``variants.csv``            the same as a table
+==========================  ============================================================
+
+The *primary* variant (``default`` when present, else the first given) is the one the headline
+verdict, the RMSE table, the maps and the gains describe; the comparison covers all of them.
+
+The baseline's val_loss is, in this order: ``baseline.val_loss`` of the config, the value recorded
+in the baseline checkpoint (stored in ``evaluation.nc`` by ``aqnet evaluate``), the
+``audit_checkpoint`` report's. The threshold is ``report.success_threshold``, or that val_loss
+when null.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import logging
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from aqnet.report import analysis, figures
+from aqnet.report.inputs import (
+    WIND_ORDER_FILE,
+    VariantResults,
+    alpha_columns,
+    gate_rows,
+    load_variant,
+    measured_gpu_hours,
+    projected_gpu_hours,
+    read_json_report,
+)
+from aqnet.report.stats import PairedTest, Verdict, verdict
+from aqnet.stage import atomic_write_bytes, write_json
+
+log = logging.getLogger("aqnet.report")
+
+TABLES: dict[str, str] = {
+    "rmse_csv": "rmse_table.csv",
+    "rmse_html": "rmse_table.html",
+    "regions_csv": "gain_by_region.csv",
+    "variants_csv": "variants.csv",
+}
+OUTPUTS: dict[str, str] = {
+    "verdict": "verdict.json",
+    "summary_md": "summary.md",
+    "summary_html": "summary.html",
+    **figures.FIGURES,
+    **TABLES,
+}
+"""Every file :func:`build_report` writes, by key."""
+
+
+def _finite(value: Any) -> float | None:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def baseline_val_loss(cfg: Mapping[str, Any], primary: VariantResults) -> tuple[float, str]:
+    """The baseline's recorded validation loss and where it came from (module docstring).
+
+    Raises:
+        ValueError: when neither the config, the checkpoint nor the audit records one.
+    """
+    configured = _finite(cfg["baseline"].get("val_loss"))
+    if configured is not None:
+        return configured, "config baseline.val_loss"
+    ev = primary.evaluation
+    recorded = _finite(ev.attrs.get("baseline_checkpoint_val_loss"))
+    if recorded is not None:
+        return recorded, f"baseline checkpoint {ev.attrs.get('baseline_checkpoint', '')}".strip()
+    audit = primary.gates.get("audit_checkpoint") or {}
+    audited = _finite(audit.get("baseline_val_loss"))
+    if audited is not None:
+        return audited, f"audit_checkpoint report of variant {primary.name}"
+    raise ValueError(
+        "the baseline's val_loss is not recorded: baseline.val_loss is null, the baseline "
+        f"checkpoint in {primary.files['evaluation']} records none, and the audit report has "
+        "none; set baseline.val_loss (or report.success_threshold) in the config"
+    )
+
+
+def _rmse_change(variants: Mapping[str, VariantResults]) -> pd.DataFrame:
+    """RMSE change (%) vs the baseline per variant (rows) and pollutant (columns), all leads."""
+    rows = {}
+    for name, v in variants.items():
+        t = analysis.rmse_table(v.evaluation)
+        t = t[t["lead_time_h"] == "all"]
+        rows[name] = dict(zip(t["pollutant"], t["change_pct"], strict=True))
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def _comparison(
+    variants: Mapping[str, VariantResults],
+    verdicts: Mapping[str, Verdict],
+    report_cfg: Mapping[str, Any],
+    launch: Mapping[str, Any],
+) -> pd.DataFrame:
+    rows = []
+    for name, v in variants.items():
+        _, ft, times = analysis.paired_samples(v.evaluation)
+        mean, low, high = analysis.loss_ci(ft, times, report_cfg)
+        test = verdicts[name].test
+        rows.append(
+            {
+                "variant": name,
+                **{k: str(val) for k, val in v.settings().items()},
+                "final_val_loss": v.final_val_loss,
+                "final_step": v.final_step,
+                "eval_loss": mean,
+                "eval_loss_ci_low": low,
+                "eval_loss_ci_high": high,
+                "diff_vs_baseline": test.mean_diff,
+                "diff_ci_low": test.ci_low,
+                "diff_ci_high": test.ci_high,
+                "p_value": test.p_value,
+                "n_samples": test.n_samples,
+                "n_blocks": test.n_blocks,
+                "verdict": verdicts[name].verdict,
+                **{f"alpha_block{b}": a for b, a in v.final_alphas().items()},
+                "gpu_hours": _nan(measured_gpu_hours(v, launch)),
+                "projected_gpu_hours": _nan(projected_gpu_hours(v)),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _nan(value: float | None) -> float:
+    return math.nan if value is None else float(value)
+
+
+def build_report(
+    cfg: Mapping[str, Any],
+    *,
+    cache_dir: str | Path,
+    variant_dirs: Mapping[str, str | Path],
+    gates_dir: str | Path | None,
+    out_dir: str | Path,
+    primary: str | None = None,
+) -> dict[str, Any]:
+    """Read every variant's results, decide the verdicts, write every file of :data:`OUTPUTS`.
+
+    Args:
+        cfg: a resolved config (``report``, ``baseline``, ``launch`` sections).
+        cache_dir: the cache (``static.npz``: elevation for contours and bands).
+        variant_dirs: ``{variant: results folder}`` (:mod:`aqnet.report.inputs`), in order.
+        gates_dir: the folder holding ``verify_wind_order.json`` (``None``: shown as MISSING).
+        out_dir: where the report goes.
+        primary: the variant the headline verdict is about (default: ``default`` or the first).
+
+    Returns:
+        The content of ``verdict.json``.
+    """
+    from aqnet.data import load_static
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rcfg = cfg["report"]
+    variants = {name: load_variant(name, d) for name, d in variant_dirs.items()}
+    if not variants:
+        raise ValueError("report: no variant given")
+    if primary is None:
+        primary = "default" if "default" in variants else next(iter(variants))
+    if primary not in variants:
+        raise ValueError(f"report: primary variant {primary!r} is not among {list(variants)}")
+    main = variants[primary]
+
+    base_val, base_source = baseline_val_loss(cfg, main)
+    if rcfg["success_threshold"] is None:
+        threshold, threshold_source = base_val, f"baseline val_loss, {base_source}"
+    else:
+        threshold, threshold_source = float(rcfg["success_threshold"]), "report.success_threshold"
+
+    verdicts: dict[str, Verdict] = {}
+    for name, v in variants.items():
+        test = analysis.compare_to_baseline(v.evaluation, rcfg, new_name=name)
+        verdicts[name] = verdict(
+            test,
+            final_val_loss=v.final_val_loss,
+            threshold=threshold,
+            threshold_source=threshold_source,
+        )
+        log.info("report: %s: %s", name, verdicts[name].line)
+
+    comparison = _comparison(variants, verdicts, rcfg, cfg["launch"])
+    best = _best_variant(variants, comparison, rcfg)
+
+    static = load_static(cache_dir)
+    elevation_m = np.asarray(static["elevation_m"], dtype=np.float64)
+    ev = main.evaluation
+    lat, lon = ev["lat"].values, ev["lon"].values
+    region_cells = [int(c) for c in np.atleast_1d(ev.attrs["region_cells"])]
+    tag = f"variant {primary}"
+
+    rmse = analysis.rmse_table(ev)
+    bands = analysis.gain_by_elevation(ev, elevation_m)
+    regions, gain_grid = analysis.gain_by_region(ev, elevation_m, region_cells=region_cells)
+    terrain = analysis.gain_by_terrain(regions)
+    base_map, ft_map = analysis.mse_maps(ev)
+    wind_order = read_json_report(Path(gates_dir) / WIND_ORDER_FILE) if gates_dir else None
+    gates = gate_rows(wind_order, variants)
+    costs = comparison[["variant", "projected_gpu_hours"]].assign(
+        measured_gpu_hours=comparison["gpu_hours"]
+    )
+
+    paths = {k: out_dir / f for k, f in OUTPUTS.items()}
+    figures.make_figures(
+        figures.FigureData(
+            metrics={n: v.metrics for n, v in variants.items()},
+            alpha_cols={n: alpha_columns(v.metrics) for n, v in variants.items()},
+            baseline_val_loss=base_val,
+            threshold=threshold,
+            rmse=rmse,
+            base_map=base_map,
+            ft_map=ft_map,
+            lat=lat,
+            lon=lon,
+            elevation_m=elevation_m,
+            bands=bands,
+            terrain=terrain,
+            gain_grid=gain_grid,
+            region_cells=(region_cells[0], region_cells[1]),
+            gates=gates,
+            costs=costs,
+            comparison=comparison,
+            rmse_change=_rmse_change(variants),
+            alphas={n: v.final_alphas() for n, v in variants.items()},
+            baseline_eval_loss=float(np.mean(analysis.paired_samples(ev)[0])),
+            tag=tag,
+        ),
+        out_dir,
+    )
+
+    rmse.to_csv(paths["rmse_csv"], index=False, float_format="%.6g")
+    atomic_write_bytes(paths["rmse_html"], _rmse_html(rmse, tag).encode())
+    regions.to_csv(paths["regions_csv"], index=False, float_format="%.6g")
+    comparison.to_csv(paths["variants_csv"], index=False, float_format="%.6g")
+
+    head = verdicts[primary]
+    result: dict[str, Any] = {
+        **head.to_dict(),
+        "variant": primary,
+        "baseline_val_loss": base_val,
+        "baseline_val_loss_source": base_source,
+        "final_step": main.final_step,
+        "criteria": {
+            "success_threshold": rcfg["success_threshold"],
+            "significance": rcfg["significance"],
+            "block_hours": rcfg["block_hours"],
+            "bootstrap_samples": rcfg["bootstrap_samples"],
+        },
+        "variants": {
+            name: {
+                **verdicts[name].to_dict(),
+                "settings": variants[name].settings(),
+                "final_alphas": variants[name].final_alphas(),
+                "gpu_hours": _finite(comparison.loc[i, "gpu_hours"]),
+                "projected_gpu_hours": _finite(comparison.loc[i, "projected_gpu_hours"]),
+                "evaluation": variants[name].files["evaluation"],
+            }
+            for i, name in enumerate(variants)
+        },
+        "best_variant": best,
+        "gates": gates,
+        "gain_by_elevation": bands.to_dict(orient="records"),
+        "gain_by_terrain": terrain.to_dict(orient="records"),
+        "top_regions": regions.head(5).to_dict(orient="records"),
+        "files": {k: p.name for k, p in paths.items()},
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+    }
+    md, body = _summary(result, rmse, comparison, bands, terrain, regions, gates, tag)
+    atomic_write_bytes(paths["summary_md"], md.encode())
+    atomic_write_bytes(paths["summary_html"], _summary_html(body, out_dir).encode())
+    write_json(paths["verdict"], result)
+    return result
+
+
+def _best_variant(
+    variants: Mapping[str, VariantResults], comparison: pd.DataFrame, rcfg: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The variant with the lowest mean loss on the evaluated samples, and its tests."""
+    idx = int(comparison["eval_loss"].to_numpy(dtype=float).argmin())
+    name = str(comparison.loc[idx, "variant"])
+    vs_base = analysis.compare_to_baseline(variants[name].evaluation, rcfg, new_name=name)
+    out: dict[str, Any] = {
+        "name": name,
+        "eval_loss": float(comparison.loc[idx, "eval_loss"]),
+        "criterion": "lowest mean loss on the evaluated validation samples",
+        "vs_baseline": vs_base.to_dict(),
+        "vs_default": None,
+    }
+    if "default" in variants and name != "default":
+        vs_default: PairedTest = analysis.compare_fine_tunes(
+            variants["default"].evaluation,
+            variants[name].evaluation,
+            rcfg,
+            ref_name="default",
+            new_name=name,
+        )
+        out["vs_default"] = vs_default.to_dict()
+    elif name == "default":
+        out["vs_default_note"] = "The default variant is the best"
+    else:
+        out["vs_default_note"] = "No variant is named 'default' to compare with"
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Summary (markdown and a self-contained HTML page)
+# ---------------------------------------------------------------------------------------------
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float | np.floating):
+        return "n/a" if not math.isfinite(value) else f"{value:.4g}"
+    return str(value)
+
+
+def _md_table(df: pd.DataFrame) -> str:
+    cols = list(df.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for _, row in df.iterrows():
+        lines.append("| " + " | ".join(_fmt(row[c]) for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def _html_table(df: pd.DataFrame) -> str:
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(_fmt(row[c]))}</td>" for c in df.columns) + "</tr>"
+        for _, row in df.iterrows()
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _rmse_html(rmse: pd.DataFrame, tag: str) -> str:
+    return (
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>RMSE per pollutant and lead "
+        f"time</title><style>{_CSS}</style></head><body><h2>RMSE per pollutant and lead time "
+        f"({html.escape(tag)})</h2><p>Physical units; change_pct &lt; 0: the fine-tune's error is "
+        f"lower.</p>{_html_table(rmse)}</body></html>\n"
+    )
+
+
+_CSS = (
+    "body{font-family:sans-serif;max-width:1100px;margin:1em auto;padding:0 1em}"
+    "table{border-collapse:collapse;margin:0.5em 0 1em}"
+    "td,th{border:1px solid #ccc;padding:2px 6px;font-size:13px;text-align:right}"
+    "th{background:#eee}.verdict{font-size:1.3em;padding:0.5em;border-radius:4px;color:#fff}"
+    ".SUCCESS{background:#2e7d32}.NOT{background:#ef6c00}.NO{background:#757575}"
+    ".REGRESSION{background:#c62828}img{max-width:100%}"
+)
+
+
+def _summary(
+    result: Mapping[str, Any],
+    rmse: pd.DataFrame,
+    comparison: pd.DataFrame,
+    bands: pd.DataFrame,
+    terrain: pd.DataFrame,
+    regions: pd.DataFrame,
+    gates: list[dict[str, Any]],
+    tag: str,
+) -> tuple[str, list[tuple[str, Any]]]:
+    """The summary as markdown, and as a list of (kind, content) blocks for the HTML page."""
+    blocks: list[tuple[str, Any]] = []
+    test = result["test"]
+    blocks.append(("verdict", f"{result['verdict']} ({tag})"))
+    blocks.append(("p", result["reason"]))
+    blocks.append(
+        (
+            "p",
+            f"Final val_loss {result['final_val_loss']:.4f} at step {result['final_step']}; "
+            f"threshold {result['threshold']:.4f} ({result['threshold_source']}); baseline "
+            f"val_loss {result['baseline_val_loss']:.4f} ({result['baseline_val_loss_source']}). "
+            f"Paired test on n = {test['n_samples']} samples in {test['n_blocks']} blocks of "
+            f"{test['block_hours']} h: mean loss difference {test['mean_diff']:+.4g} "
+            f"[{test['ci_low']:+.4g}, {test['ci_high']:+.4g}] "
+            f"({100 * test['confidence']:.0f} % block-bootstrap CI, {test['n_boot']} resamples), "
+            f"Wilcoxon signed-rank p = {test['p_value']:.3g} on the block means.",
+        )
+    )
+    best = result["best_variant"]
+    if len(result["variants"]) > 1:
+        blocks.append(("h2", "Variants"))
+        text = (
+            f"Best variant: {best['name']} ({best['criterion']}). vs baseline: "
+            + best["vs_baseline"]["description"]
+        )
+        if best.get("vs_default"):
+            text += ". vs default: " + best["vs_default"]["description"]
+        elif best.get("vs_default_note"):
+            text += f". {best['vs_default_note']}."
+        blocks.append(("p", text))
+        blocks.append(("table", comparison))
+        blocks.append(("img", figures.FIGURES["variants"]))
+    blocks.append(("h2", "Training"))
+    blocks.append(("img", figures.FIGURES["val_loss"]))
+    blocks.append(("img", figures.FIGURES["alpha"]))
+    blocks.append(("h2", f"RMSE per pollutant and lead time ({tag})"))
+    blocks.append(("table", rmse))
+    blocks.append(("img", figures.FIGURES["rmse"]))
+    blocks.append(("h2", f"Where the fine-tune helps ({tag})"))
+    blocks.append(("img", figures.FIGURES["error_map"]))
+    blocks.append(("table", bands))
+    blocks.append(("table", terrain))
+    blocks.append(("img", figures.FIGURES["gain_by_elevation"]))
+    blocks.append(("p", "Regions with the largest gain:"))
+    blocks.append(("table", regions.head(5)))
+    blocks.append(("img", figures.FIGURES["gain_by_region"]))
+    blocks.append(("h2", "Gates and cost"))
+    blocks.append(("table", pd.DataFrame(gates)))
+    blocks.append(("img", figures.FIGURES["gates"]))
+
+    lines = ["# TopoFlow fine-tune report", ""]
+    for kind, content in blocks:
+        if kind == "verdict":
+            lines += [f"## Verdict: {content}", ""]
+        elif kind == "h2":
+            lines += [f"## {content}", ""]
+        elif kind == "p":
+            lines += [str(content), ""]
+        elif kind == "table":
+            lines += [_md_table(content), ""]
+        elif kind == "img":
+            lines += [f"![{Path(content).stem}]({content})", ""]
+    return "\n".join(lines), blocks
+
+
+def _summary_html(blocks: list[tuple[str, Any]], out_dir: Path) -> str:
+    parts = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>TopoFlow fine-tune report"
+        f"</title><style>{_CSS}</style></head><body><h1>TopoFlow fine-tune report</h1>"
+    ]
+    for kind, content in blocks:
+        if kind == "verdict":
+            css = str(content).split()[0]
+            parts.append(f"<div class='verdict {css}'>Verdict: {html.escape(str(content))}</div>")
+        elif kind == "h2":
+            parts.append(f"<h2>{html.escape(str(content))}</h2>")
+        elif kind == "p":
+            parts.append(f"<p>{html.escape(str(content))}</p>")
+        elif kind == "table":
+            parts.append(_html_table(content))
+        elif kind == "img":
+            data = base64.b64encode((out_dir / content).read_bytes()).decode()
+            parts.append(
+                f"<figure><img alt='{html.escape(content)}' src='data:image/png;base64,{data}'>"
+                f"<figcaption>{html.escape(content)}</figcaption></figure>"
+            )
+    parts.append("</body></html>\n")
+    return "".join(parts)

@@ -1,0 +1,428 @@
+"""Evaluate the baseline and the fine-tuned model on the same validation samples.
+
+:func:`evaluate` runs both models over the same items of one split of the cache and writes
+``evaluation.nc`` (netCDF through xarray) with:
+
+=====================  ===========================================  ===============================
+variable               dimensions                                   meaning
+=====================  ===========================================  ===============================
+``mse``                ``(model, sample, lead_time, pollutant)``    masked MSE, normalised units
+``rmse_phys``          ``(model, sample, lead_time, pollutant)``    masked RMSE in physical units
+``sq_err_map``         ``(model, pollutant, y, x)``                 mean squared error per pixel
+                                                                    over samples and lead times,
+                                                                    normalised units; NaN where the
+                                                                    domain mask is never set
+=====================  ===========================================  ===============================
+
+Coordinates: ``model`` (``baseline``, ``finetuned``); ``sample`` (one forecast start: the input
+time ``init_time``, with ``year`` and ``time_index`` in the cache); ``lead_time`` (hours);
+``valid_time (sample, lead_time)`` (from :meth:`CacheDataset.sample_info`); ``pollutant`` and its
+``units``; ``lat (y)``, ``lon (x)`` from the cache's ``static.npz``. All lead times of a start
+time share one input, so they stay together as one sample (the paired tests block by
+``init_time``). A (sample, lead time) pair the split does not hold is NaN.
+
+Physical units: the cache normalises every channel as ``(value - mean) / std`` (``stats.json``),
+so an error in physical units is the normalised error times ``std``: ``rmse_phys = sqrt(mse) *
+std``. Units come from the cache's ``meta.json`` (``units``), else from the ``units`` attributes
+of the source files it lists.
+
+Attributes record the variant, the split, the checkpoints, the baseline's recorded val_loss, which
+model configuration each model was built from, the region size in grid cells (for the report's
+gain by region) and how many items were evaluated.
+
+When ``report.eval_batches`` is set, ``eval_batches x report.eval_batch_size`` items are
+evaluated: that many whole forecast start times (all lead times each), spread evenly over the
+split so the blocks of the paired tests cover all of it.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import xarray as xr
+from torch import nn
+
+from aqnet.config import POLLUTANTS
+from aqnet.report.analysis import BASELINE, FINETUNED, MODELS
+from aqnet.stage import atomic_save
+
+log = logging.getLogger("aqnet.report")
+
+SEED = 0
+"""Seed of model construction (the weights are then replaced by the checkpoints')."""
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; ``cpu``/``cuda`` as given."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"evaluate: device {device!r} requested but no GPU is visible")
+    return torch.device(device)
+
+
+def build_models(
+    cfg: Mapping[str, Any],
+    cache_dir: str | Path,
+    baseline_ckpt: str | Path,
+    finetuned_ckpt: str | Path,
+) -> tuple[nn.Module, nn.Module, dict[str, Any]]:
+    """The baseline and the fine-tuned model with their checkpoints' weights loaded.
+
+    Each model takes the architecture stored in its checkpoint (``hyper_parameters.model_config``,
+    written by every aqnet training stage) so a variant that changes e.g. the wind scanning still
+    compares against the baseline as it was trained; a checkpoint without one takes the config's
+    model (``baseline_of`` it for the baseline). The attention implementation always follows the
+    config (it is a choice of kernel, not of weights). Both loads go through
+    :func:`aqnet.model.compat.load_weights` and must be clean: nothing missing, nothing unexpected.
+
+    Returns:
+        ``(baseline, finetuned, info)``, ``info`` saying where each configuration came from and
+        the baseline checkpoint's recorded val_loss.
+    """
+    from aqnet.data import load_stats
+    from aqnet.model import Forecaster, ModelConfig, baseline_of, from_pipeline_config
+    from aqnet.model.compat import load_weights, read_checkpoint
+
+    pipeline_mcfg = from_pipeline_config(cfg, stats=load_stats(cache_dir))
+    info: dict[str, Any] = {}
+    models: list[nn.Module] = []
+    for role, path in ((BASELINE, baseline_ckpt), (FINETUNED, finetuned_ckpt)):
+        contents = read_checkpoint(path)
+        stored = contents.hyper_parameters.get("model_config")
+        if isinstance(stored, Mapping):
+            mcfg = ModelConfig.from_dict(stored).replace(
+                attention_impl=pipeline_mcfg.attention_impl
+            )
+            source = f"checkpoint {path}"
+        else:
+            mcfg = baseline_of(pipeline_mcfg) if role == BASELINE else pipeline_mcfg
+            source = "pipeline config" + (" (baseline_of)" if role == BASELINE else "")
+        if mcfg.img_size != pipeline_mcfg.img_size or mcfg.out_variables != tuple(POLLUTANTS):
+            raise ValueError(
+                f"evaluate: the {role} checkpoint {path} was saved for grid {mcfg.img_size} and "
+                f"outputs {mcfg.out_variables}; the config's are {pipeline_mcfg.img_size} and "
+                f"{tuple(POLLUTANTS)}"
+            )
+        torch.manual_seed(SEED)
+        model = Forecaster(mcfg)
+        load_weights(model, path, expected_missing=[])
+        model.eval()
+        models.append(model)
+        info[f"{role}_model_config_source"] = source
+        info[f"{role}_topoflow_blocks"] = list(mcfg.topoflow_blocks)
+        if role == BASELINE:
+            info["baseline_checkpoint_val_loss"] = contents.val_loss
+    info["patch_size"] = int(pipeline_mcfg.patch_size)
+    info["region_cells"] = [
+        int(r) * int(pipeline_mcfg.patch_size) for r in pipeline_mcfg.region_patches
+    ]
+    return models[0], models[1], info
+
+
+def select_items(
+    infos: Sequence[tuple[int, int, float, Any]],
+    *,
+    n_items: int | None,
+) -> tuple[list[int], list[tuple[int, int]]]:
+    """Dataset item indices to evaluate, grouped by whole forecast start times.
+
+    Args:
+        infos: ``sample_info(i)`` of every item ``i`` of the split: ``(year, time_index,
+            lead_time_h, valid_time)``.
+        n_items: items wanted (``eval_batches x eval_batch_size``); ``None`` takes all.
+
+    Returns:
+        ``(item indices in dataset order, the selected (year, time_index) start times in order)``.
+    """
+    starts: dict[tuple[int, int], list[int]] = {}
+    for i, (year, tindex, _, _) in enumerate(infos):
+        starts.setdefault((int(year), int(tindex)), []).append(i)
+    keys = list(starts)
+    if not keys:
+        raise ValueError("evaluate: the split holds no sample")
+    if n_items is not None:
+        per_start = max(1, round(len(infos) / len(keys)))
+        n_starts = min(len(keys), max(1, n_items // per_start))
+        picks = np.unique(np.round(np.linspace(0, len(keys) - 1, n_starts)).astype(int))
+        keys = [keys[int(p)] for p in picks]
+    items = [i for key in keys for i in starts[key]]
+    return items, keys
+
+
+def pollutant_units(meta: Mapping[str, Any], names: Sequence[str] = POLLUTANTS) -> list[str]:
+    """Physical units of ``names``: ``meta["units"]`` of the cache, else the ``units``
+    attributes of the source files ``meta["sources"]`` lists (read without loading data).
+
+    Raises:
+        ValueError: when neither records the units of every name.
+    """
+    recorded = meta.get("units")
+    if isinstance(recorded, Mapping) and all(n in recorded for n in names):
+        return [str(recorded[n]) for n in names]
+    sources = meta.get("sources") or {}
+    tried: list[str] = []
+    for info in sources.values():
+        path = Path(info["path"] if isinstance(info, Mapping) else info)
+        tried.append(str(path))
+        if not path.exists():
+            continue
+        opener = xr.open_zarr if path.is_dir() else xr.open_dataset
+        with opener(path, decode_times=False) as src:
+            found = {n: src[n].attrs.get("units") for n in names if n in src}
+        if all(found.get(n) for n in names):
+            log.info("evaluate: units from the source file %s (meta.json records none)", path)
+            return [str(found[n]) for n in names]
+    raise ValueError(
+        f"evaluate: no units for {list(names)}: the cache's meta.json has no 'units' entry and "
+        f"no readable source file records them (tried: {', '.join(tried) or 'none listed'})"
+    )
+
+
+@torch.no_grad()
+def evaluate(
+    cfg: Mapping[str, Any],
+    cache_dir: str | Path,
+    baseline_ckpt: str | Path,
+    finetuned_ckpt: str | Path,
+    out: str | Path | None,
+    *,
+    split: str = "val",
+    device: str | None = None,
+) -> xr.Dataset:
+    """Evaluate both models on the same items of ``split`` and write ``out`` (module docstring).
+
+    Args:
+        cfg: a resolved pipeline config (``lead_times_h``, ``model``, ``grid``, ``report``).
+        cache_dir: the cache (``CacheDataset``, ``stats.json``, ``meta.json``, ``static.npz``).
+        baseline_ckpt: the baseline checkpoint.
+        finetuned_ckpt: the fine-tune's ``final.ckpt``.
+        out: the netCDF file to write (atomically); ``None`` only returns the dataset.
+        split: ``"val"`` (default) or ``"test"``.
+        device: ``auto``/``cpu``/``cuda``; default ``finetune.device`` of the config.
+
+    Returns:
+        The evaluation dataset (as written).
+    """
+    from aqnet.data import CacheDataset, load_static, load_stats, make_loader, read_meta
+    from aqnet.losses import masked_sq_err_sums
+
+    cache_dir = Path(cache_dir)
+    rcfg = cfg["report"]
+    lead_times = [int(h) for h in cfg["lead_times_h"]]
+    dev = resolve_device(device or cfg["finetune"].get("device", "auto"))
+    stats = load_stats(cache_dir)
+    meta = read_meta(cache_dir)
+    static = load_static(cache_dir)
+    std = np.array([float(stats[p]["std"]) for p in POLLUTANTS])  # (C,)
+    units = pollutant_units(meta)
+
+    base, fine, info = build_models(cfg, cache_dir, baseline_ckpt, finetuned_ckpt)
+    base.to(dev)
+    fine.to(dev)
+
+    dataset = CacheDataset(cache_dir, split, lead_times_h=tuple(lead_times))
+    infos = [dataset.sample_info(i) for i in range(len(dataset))]
+    batch_size = int(rcfg["eval_batch_size"])
+    n_items = None if rcfg["eval_batches"] is None else int(rcfg["eval_batches"]) * batch_size
+    items, starts = select_items(infos, n_items=n_items)
+    start_index = {key: s for s, key in enumerate(starts)}
+    lead_index = {h: j for j, h in enumerate(lead_times)}
+    loader = make_loader(
+        torch.utils.data.Subset(dataset, items), batch_size=batch_size, shuffle=False, seed=SEED
+    )
+
+    n_s, n_l, n_c = len(starts), len(lead_times), len(POLLUTANTS)
+    ny, nx = int(cfg["grid"]["ny"]), int(cfg["grid"]["nx"])
+    mse = np.full((2, n_s, n_l, n_c), np.nan)
+    valid_time = np.full((n_s, n_l), np.datetime64("NaT", "ns"), dtype="datetime64[ns]")
+    init_time = np.full(n_s, np.datetime64("NaT", "ns"), dtype="datetime64[ns]")
+    sq_map = torch.zeros((2, n_c, ny, nx), dtype=torch.float64)
+    w_map = torch.zeros((ny, nx), dtype=torch.float64)
+
+    done = 0
+    for batch in loader:
+        x, y, lead, elev, mask = (t.to(dev) for t in batch)
+        b = x.shape[0]
+        for m, model in enumerate((base, fine)):
+            pred = model(x, lead, elev)  # (B, C, H, W)
+            if pred.shape != y.shape:
+                raise ValueError(
+                    f"evaluate: the {MODELS[m]} model returned {tuple(pred.shape)} for a target "
+                    f"of shape {tuple(y.shape)}"
+                )
+            sq, weight = masked_sq_err_sums(pred, y, mask)  # (B, C), (B,)
+            per = (sq / weight.clamp_min(1e-12)[:, None]).double().cpu().numpy()  # (B, C)
+            per[weight.cpu().numpy() <= 0] = np.nan
+            m4 = mask.to(torch.float64)[:, None]  # (B, 1, H, W)
+            sq_map[m] += ((pred.double() - y.double()).square() * m4).sum(0).cpu()  # (C, H, W)
+            for k in range(b):
+                year, tindex, lead_h, vt = infos[items[done + k]]
+                s, j = start_index[(int(year), int(tindex))], lead_index[int(round(lead_h))]
+                mse[m, s, j] = per[k]
+                if m == 0:
+                    valid_time[s, j] = np.datetime64(vt, "ns")
+                    init_time[s] = np.datetime64(vt, "ns") - np.timedelta64(int(lead_h), "h")
+        w_map += mask.to(torch.float64).sum(0).cpu()  # (H, W)
+        done += b
+        log.info("evaluate: %d / %d items", done, len(items))
+
+    with np.errstate(invalid="ignore", divide="ignore"):
+        maps = (sq_map / w_map).numpy()  # (2, C, H, W)
+    maps[:, :, w_map.numpy() <= 0] = np.nan
+    ds = evaluation_dataset(
+        mse=mse,
+        std=std,
+        sq_err_map=maps,
+        init_time=init_time,
+        valid_time=valid_time,
+        starts=starts,
+        lead_times_h=lead_times,
+        units=units,
+        lat=np.asarray(static["lat"], dtype=np.float64),
+        lon=np.asarray(static["lon"], dtype=np.float64),
+        region_cells=info["region_cells"],
+        attrs={
+            "variant": str(cfg.get("variant", "default")),
+            "split": split,
+            "cache": str(cache_dir),
+            "baseline_checkpoint": str(baseline_ckpt),
+            "finetuned_checkpoint": str(finetuned_ckpt),
+            "baseline_checkpoint_val_loss": _finite_or_nan(info["baseline_checkpoint_val_loss"]),
+            "baseline_model_config_source": info[f"{BASELINE}_model_config_source"],
+            "finetuned_model_config_source": info[f"{FINETUNED}_model_config_source"],
+            "finetuned_topoflow_blocks": np.array(
+                info[f"{FINETUNED}_topoflow_blocks"], dtype=np.int32
+            ),
+            "patch_size": info["patch_size"],
+            "eval_batches": "all" if rcfg["eval_batches"] is None else int(rcfg["eval_batches"]),
+            "eval_batch_size": batch_size,
+            "n_items": len(items),
+            "n_items_in_split": len(infos),
+            "device": str(dev),
+        },
+    )
+    if out is not None:
+        write_evaluation(ds, out)
+    return ds
+
+
+def evaluation_dataset(
+    *,
+    mse: np.ndarray,
+    std: np.ndarray,
+    sq_err_map: np.ndarray,
+    init_time: np.ndarray,
+    valid_time: np.ndarray,
+    starts: Sequence[tuple[int, int]],
+    lead_times_h: Sequence[int],
+    units: Sequence[str],
+    lat: np.ndarray,
+    lon: np.ndarray,
+    region_cells: Sequence[int],
+    attrs: Mapping[str, Any] | None = None,
+) -> xr.Dataset:
+    """Assemble the evaluation dataset (layout in the module docstring).
+
+    Args:
+        mse: ``(2, S, L, C)`` masked MSE in normalised units (model order :data:`MODELS`).
+        std: ``(C,)`` normalisation std of each pollutant (physical units per normalised unit).
+        sq_err_map: ``(2, C, H, W)`` mean squared error per pixel (normalised), NaN outside.
+        init_time: ``(S,)`` datetime64 forecast start times.
+        valid_time: ``(S, L)`` datetime64 valid times.
+        starts: ``(year, time_index)`` of each sample in the cache.
+        lead_times_h: ``(L,)`` lead times in hours.
+        units: ``(C,)`` physical units of each pollutant.
+        lat: ``(H,)``; lon: ``(W,)``.
+        region_cells: ``(rows, cols)`` grid cells of one wind-scan region (gain by region).
+        attrs: further attributes (variant, split, checkpoints, ...).
+    """
+    mse = np.asarray(mse, dtype=np.float64)
+    n_models, n_s, n_l, n_c = mse.shape
+    std = np.asarray(std, dtype=np.float64)
+    if n_models != len(MODELS) or std.shape != (n_c,) or len(units) != n_c:
+        raise ValueError(
+            f"evaluation_dataset: mse {mse.shape} must be (2, S, L, C) with std {std.shape} and "
+            f"{len(units)} units for C = {n_c} pollutants"
+        )
+    if n_c != len(POLLUTANTS):
+        raise ValueError(f"evaluation_dataset: {n_c} pollutants, expected {list(POLLUTANTS)}")
+    rmse_phys = np.sqrt(mse) * std[None, None, None, :]
+    all_attrs = {
+        "title": "aqnet evaluation: baseline vs fine-tuned on the same samples",
+        "region_cells": np.array([int(c) for c in region_cells], dtype=np.int32),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        **dict(attrs or {}),
+    }
+    return xr.Dataset(
+        data_vars={
+            "mse": (
+                ("model", "sample", "lead_time", "pollutant"),
+                mse,
+                {"long_name": "masked mean squared error", "units": "1 (normalised)"},
+            ),
+            "rmse_phys": (
+                ("model", "sample", "lead_time", "pollutant"),
+                rmse_phys,
+                {"long_name": "masked root mean squared error, physical units (see units)"},
+            ),
+            "sq_err_map": (
+                ("model", "pollutant", "y", "x"),
+                np.asarray(sq_err_map, dtype=np.float64),
+                {
+                    "long_name": "squared error per pixel, mean over samples and lead times",
+                    "units": "1 (normalised)",
+                },
+            ),
+        },
+        coords={
+            "model": ("model", list(MODELS)),
+            "sample": ("sample", np.arange(n_s)),
+            "init_time": (
+                "sample",
+                np.asarray(init_time, dtype="datetime64[ns]"),
+                {"long_name": "forecast start (input) time"},
+            ),
+            "year": ("sample", np.array([k[0] for k in starts], dtype=np.int32)),
+            "time_index": ("sample", np.array([k[1] for k in starts], dtype=np.int32)),
+            "lead_time": ("lead_time", np.array(lead_times_h, dtype=np.int32), {"units": "h"}),
+            "valid_time": (("sample", "lead_time"), np.asarray(valid_time, dtype="datetime64[ns]")),
+            "pollutant": ("pollutant", list(POLLUTANTS)),
+            "units": ("pollutant", [str(u) for u in units]),
+            "lat": ("y", np.asarray(lat, dtype=np.float64), {"units": "degrees_north"}),
+            "lon": ("x", np.asarray(lon, dtype=np.float64), {"units": "degrees_east"}),
+        },
+        attrs=all_attrs,
+    )
+
+
+def _finite_or_nan(value: float | None) -> float:
+    return float(value) if value is not None and math.isfinite(float(value)) else math.nan
+
+
+def write_evaluation(ds: xr.Dataset, path: str | Path) -> Path:
+    """Write an evaluation dataset to netCDF, atomically (temporary file and rename)."""
+    path = Path(path)
+    encoding = {
+        name: {"zlib": True, "complevel": 4}
+        for name in ("mse", "rmse_phys", "sq_err_map")
+        if name in ds
+    }
+    atomic_save(lambda tmp: ds.to_netcdf(tmp, engine="netcdf4", encoding=encoding), path)
+    return path
+
+
+def open_evaluation(path: str | Path) -> xr.Dataset:
+    """Read an ``evaluation.nc`` fully into memory (the file is closed afterwards)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"evaluation file not found: {path}")
+    with xr.open_dataset(path, engine="netcdf4") as ds:
+        return ds.load()

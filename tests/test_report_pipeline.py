@@ -1,0 +1,386 @@
+"""Evaluation on the tiny cache with two tiny checkpoints, the report command end to end, the
+captions in a real Snakemake HTML report, and that report rendered in headless Chromium.
+
+The browser test is skipped only when no Chromium is installed (Debian: ``apt-get install -y
+chromium``); everything else runs offline on the CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from aqnet.cli import main
+from aqnet.config import POLLUTANTS, dump_config, variant_config
+from aqnet.report.build import OUTPUTS
+from aqnet.report.evaluate import evaluate, open_evaluation
+from aqnet.report.render_check import RenderResult, _problems, check_report, find_chromium
+from aqnet.report.stats import VERDICTS
+
+REPO = Path(__file__).resolve().parents[1]
+CAPTIONS = REPO / "workflow" / "report"
+ALPHA = 2.0
+
+
+def run_cli(argv: list[str]) -> tuple[int, str]:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        rc = main(argv)
+    return rc, out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_config: dict[str, Any], tiny_cache: Path, tmp_path_factory) -> dict[str, Any]:
+    """A resolved config for small evaluations and three checkpoints: the baseline, a fine-tune
+    with the baseline's weights and alpha = 0, and the same with alpha = ``ALPHA``."""
+    from aqnet.data import load_stats
+    from aqnet.model import Forecaster, baseline_of, from_pipeline_config
+    from aqnet.model.compat import load_weights, save_lightning_checkpoint
+
+    root = tmp_path_factory.mktemp("report_pipeline")
+    cfg = copy.deepcopy(tiny_config)
+    cfg["report"].update(eval_batches=1, eval_batch_size=8, block_hours=1, bootstrap_samples=200)
+    cfg["finetune"]["device"] = "cpu"
+    cfg = variant_config(cfg, "default")
+    config_path = root / "config.yaml"
+    dump_config(cfg, config_path)
+
+    mcfg = from_pipeline_config(cfg, stats=load_stats(tiny_cache))
+    torch.manual_seed(0)
+    base = Forecaster(baseline_of(mcfg))
+    base_ckpt = save_lightning_checkpoint(root / "baseline.ckpt", base, val_loss=1.25)
+    fine = Forecaster(mcfg)
+    load_weights(fine, base_ckpt)  # expects exactly the TopoFlow keys to be missing
+    zero_ckpt = save_lightning_checkpoint(root / "alpha0.ckpt", fine, val_loss=1.25)
+    with torch.no_grad():
+        for key in fine.topoflow_keys():
+            if key.endswith("elevation_alpha"):
+                fine.get_parameter(key).fill_(ALPHA)
+    alpha_ckpt = save_lightning_checkpoint(root / "alpha.ckpt", fine, val_loss=1.2)
+    return {
+        "root": root,
+        "cfg": cfg,
+        "config": config_path,
+        "cache": tiny_cache,
+        "baseline": base_ckpt,
+        "alpha0": zero_ckpt,
+        "alpha": alpha_ckpt,
+    }
+
+
+@pytest.fixture(scope="module")
+def evaluations(setup: dict[str, Any]) -> dict[str, Any]:
+    """The alpha = ALPHA fine-tune evaluated through ``aqnet evaluate``, the alpha = 0 one through
+    the function."""
+    out = setup["root"] / "variants"
+    rc, text = run_cli(
+        [
+            "evaluate",
+            "--config", str(setup["config"]),
+            "--cache", str(setup["cache"]),
+            "--baseline", str(setup["baseline"]),
+            "--finetuned", str(setup["alpha"]),
+            "--out", str(out / "default" / "evaluation.nc"),
+        ]
+    )  # fmt: skip
+    zero = evaluate(
+        setup["cfg"],
+        setup["cache"],
+        setup["baseline"],
+        setup["alpha0"],
+        out / "alpha0" / "evaluation.nc",
+    )
+    return {"rc": rc, "stdout": text, "alpha": out / "default" / "evaluation.nc", "alpha0": zero}
+
+
+def test_evaluate_with_alpha_zero_equals_the_baseline(evaluations):
+    ds = evaluations["alpha0"]
+    sizes = {"model": 2, "sample": 2, "lead_time": 4, "pollutant": 6, "y": 16, "x": 32}
+    assert dict(ds.sizes) == sizes
+    mse = ds["mse"]
+    assert np.isfinite(mse.values).all()
+    np.testing.assert_allclose(
+        mse.sel(model="finetuned").values, mse.sel(model="baseline").values, rtol=1e-5
+    )
+    maps = ds["sq_err_map"]
+    np.testing.assert_allclose(
+        maps.sel(model="finetuned").values, maps.sel(model="baseline").values, rtol=1e-5
+    )
+
+
+def test_evaluate_writes_the_layout(setup, evaluations):
+    assert evaluations["rc"] == 0, evaluations["stdout"]
+    assert (
+        "evaluate: 2 forecast start(s) x 4 lead time(s) of the val split" in evaluations["stdout"]
+    )
+    ds = open_evaluation(evaluations["alpha"])
+    # eval_batches 1 x batch 8 = 8 items = 2 whole start times, spread over the 24 of the split.
+    assert ds["time_index"].values.tolist() == [0, 23]
+    assert ds["year"].values.tolist() == [2014, 2014]
+    lead = ds["lead_time"].values.astype("timedelta64[h]")
+    np.testing.assert_array_equal(ds["valid_time"].values, ds["init_time"].values[:, None] + lead)
+    assert ds["pollutant"].values.tolist() == list(POLLUTANTS)
+    units = dict(zip(ds["pollutant"].values, ds["units"].values, strict=True))
+    assert units["pm25"] == "ug m-3" and units["co"] == "mg m-3"
+    from aqnet.data import load_stats
+
+    std = np.array([load_stats(setup["cache"])[p]["std"] for p in POLLUTANTS])
+    np.testing.assert_allclose(ds["rmse_phys"].values, np.sqrt(ds["mse"].values) * std, rtol=1e-12)
+    assert ds.attrs["baseline_checkpoint_val_loss"] == pytest.approx(1.25)
+    assert list(ds.attrs["region_cells"]) == [4, 8]
+    assert ds.attrs["n_items"] == 8 and ds.attrs["n_items_in_split"] == 96
+    # alpha = ALPHA changes the fine-tune's predictions.
+    diff = ds["mse"].sel(model="finetuned") - ds["mse"].sel(model="baseline")
+    assert float(np.abs(diff).max()) > 1e-6
+
+
+def test_evaluate_matches_the_training_loss(setup, evaluations):
+    """Per-sample MSE of the first item = aqnet.losses.masked_mse of the baseline on it."""
+    from aqnet.data import CacheDataset
+    from aqnet.losses import masked_mse
+    from aqnet.model import Forecaster, ModelConfig
+    from aqnet.model.compat import load_weights, read_checkpoint
+
+    ds = open_evaluation(evaluations["alpha"])
+    data = CacheDataset(setup["cache"], "val", lead_times_h=(12, 24, 48, 96))
+    x, y, lead, elev, mask = data[0]  # start time 0, lead 12 h
+    hp = read_checkpoint(setup["baseline"]).hyper_parameters
+    model = Forecaster(ModelConfig.from_dict(hp["model_config"]))
+    load_weights(model, setup["baseline"], expected_missing=[])
+    with torch.no_grad():
+        loss = masked_mse(model.eval()(x[None], lead[None], elev[None]), y[None], mask[None])
+    per_sample = ds["mse"].sel(model="baseline", sample=0, lead_time=12).values.mean()
+    assert per_sample == pytest.approx(float(loss), rel=1e-5)
+
+
+def test_models_without_a_stored_config_take_the_pipeline_config(setup, tmp_path):
+    from aqnet.model.compat import read_checkpoint
+    from aqnet.report.evaluate import build_models
+
+    plain = tmp_path / "plain.ckpt"
+    state = read_checkpoint(setup["baseline"]).state_dict
+    torch.save({k.removeprefix("model."): v for k, v in state.items()}, plain)
+    base, fine, info = build_models(setup["cfg"], setup["cache"], plain, setup["alpha"])
+    assert info["baseline_model_config_source"] == "pipeline config (baseline_of)"
+    assert info["finetuned_model_config_source"] == f"checkpoint {setup['alpha']}"
+    assert info["baseline_checkpoint_val_loss"] is None  # a plain state dict records none
+    assert list(base.config.topoflow_blocks) == [] and list(fine.config.topoflow_blocks) == [0]
+    assert info["region_cells"] == [4, 8]
+    from aqnet.model.compat import CheckpointError
+
+    with pytest.raises(CheckpointError, match="does not fit the model"):
+        build_models(setup["cfg"], setup["cache"], setup["alpha"], plain)  # swapped
+
+
+def make_variant_folder(folder: Path, evaluation: Path | None, cfg: dict[str, Any]) -> None:
+    """What the pipeline leaves in results/variants/<v>/ besides evaluation.nc."""
+    (folder / "finetune").mkdir(parents=True, exist_ok=True)
+    if evaluation is not None and evaluation != folder / "evaluation.nc":
+        (folder / "evaluation.nc").write_bytes(evaluation.read_bytes())
+    step = np.arange(9)
+    pd.DataFrame(
+        {
+            "step": step,
+            "train_loss": np.r_[np.nan, 1.3 - 0.02 * step[1:]],
+            "val_loss": np.where(step % 4 == 0, 1.25 - 0.01 * step, np.nan),
+            "alpha_block0": 0.05 * step,
+            "step_time_s": np.r_[np.nan, np.full(8, 0.2)],
+            "val_time_s": np.where(step % 4 == 0, 1.0, np.nan),
+        }
+    ).to_csv(folder / "finetune" / "metrics.csv", index=False)
+    (folder / "finetune" / "summary.json").write_text(json.dumps({"world_size": 1}))
+    (folder / "audit_checkpoint.json").write_text(
+        json.dumps({"verdict": "PASS", "load": {"loaded": ["a"], "missing": ["b"]}})
+    )
+    (folder / "smoke_forward.json").write_text(
+        json.dumps({"verdict": "PASS", "val_loss": 1.24, "baseline_val_loss": 1.25})
+    )
+    (folder / "validate_short.json").write_text(
+        json.dumps({"verdict": "PASS", "projected_cost": {"gpu_hours": 0.002, "step_time_s": 0.2}})
+    )
+    dump_config(cfg, folder / "config.yaml")
+
+
+@pytest.fixture(scope="module")
+def report_run(setup, evaluations) -> dict[str, Any]:
+    variants = setup["root"] / "variants"
+    make_variant_folder(variants / "default", None, setup["cfg"])
+    alpha0_cfg = copy.deepcopy(setup["cfg"])
+    alpha0_cfg["model"]["h_scale_m"] = 500.0
+    make_variant_folder(variants / "alpha0", None, alpha0_cfg)
+    gates = setup["root"] / "gates"
+    gates.mkdir(exist_ok=True)
+    (gates / "verify_wind_order.json").write_text(
+        json.dumps({"verdict": "PASS", "cache": {"digest": "9eeba72ae0dd33f7"}, "digests_equal": 1})
+    )
+    out = setup["root"] / "report"
+    rc, text = run_cli(
+        [
+            "report",
+            "--config", str(setup["config"]),
+            "--cache", str(setup["cache"]),
+            "--variant-dir", f"default={variants / 'default'}",
+            "--variant-dir", f"alpha0={variants / 'alpha0'}",
+            "--gates", str(gates),
+            "--out-dir", str(out),
+        ]
+    )  # fmt: skip
+    return {"rc": rc, "stdout": text, "out": out}
+
+
+def test_report_builds_every_file(report_run):
+    assert report_run["rc"] == 0, report_run["stdout"]
+    out = report_run["out"]
+    for name in OUTPUTS.values():
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    result = json.loads((out / "verdict.json").read_text())
+    assert result["verdict"] in VERDICTS and result["variant"] == "default"
+    assert report_run["stdout"].startswith(f"report: {result['verdict']}: ")
+    assert result["final_val_loss"] == pytest.approx(1.17)  # last validated step of metrics.csv
+    assert result["threshold"] == pytest.approx(1.25)  # success_threshold null: the baseline's
+    assert result["threshold_source"].startswith("baseline val_loss, baseline checkpoint")
+    assert result["test"]["n_samples"] == 2 and result["test"]["n_blocks"] == 2
+    assert set(result["variants"]) == {"default", "alpha0"}
+    zero = result["variants"]["alpha0"]
+    assert zero["test"]["mean_diff"] == pytest.approx(0.0, abs=1e-6)
+    assert zero["settings"]["h_scale_m"] == 500.0
+    assert zero["gpu_hours"] == pytest.approx((8 * 0.2 + 3 * 1.0) / 3600 * 1 * 4.0)
+    best = result["best_variant"]
+    assert best["name"] in {"default", "alpha0"} and best["vs_baseline"]["n_samples"] == 2
+    if best["name"] != "default":
+        assert best["vs_default"]["ref_name"] == "default"
+    assert [g["status"] for g in result["gates"]] == ["PASS"] * 7
+    md = (out / "summary.md").read_text()
+    assert md.splitlines()[2] == f"## Verdict: {result['verdict']} (variant default)"
+    assert (out / "summary.html").read_text().count("data:image/png;base64,") == 8
+    table = pd.read_csv(out / "rmse_table.csv")
+    assert len(table) == 30 and set(table.pollutant) == set(POLLUTANTS)
+    variants = pd.read_csv(out / "variants.csv")
+    assert variants.variant.tolist() == ["default", "alpha0"]
+
+
+def test_report_fails_readably(setup, tmp_path):
+    rc, text = run_cli(
+        [
+            "report",
+            "--config", str(setup["config"]),
+            "--cache", str(setup["cache"]),
+            "--variant-dir", f"default={tmp_path}",
+            "--out-dir", str(tmp_path / "report"),
+        ]
+    )  # fmt: skip
+    assert rc == 1
+    assert text.strip() == f"report: FAIL - evaluation file not found: {tmp_path / 'evaluation.nc'}"
+
+
+SNAKEFILE = """
+configfile: "config.yaml"
+report: "{captions}/workflow.rst"
+
+
+rule publish:
+    output:
+{outputs}
+    shell:
+        "cp {source}/* out/"
+
+
+rule all:
+    default_target: True
+    input:
+        rules.publish.output,
+"""
+
+
+@pytest.fixture(scope="module")
+def html_report(setup, report_run) -> Path:
+    """A Snakemake HTML report of the report's outputs with the captions of workflow/report/."""
+    assert report_run["rc"] == 0, report_run["stdout"]
+    work = setup["root"] / "snakemake"
+    work.mkdir()
+    (work / "config.yaml").write_text(yaml.safe_dump(setup["cfg"]))
+    outputs = []
+    for key, name in OUTPUTS.items():
+        stem = Path(name).stem
+        category = "1. Verdict" if stem in ("verdict", "summary") else "2. Report"
+        outputs.append(
+            f"        {key}=report('out/{name}', caption='{CAPTIONS / (stem + '.rst')}', "
+            f"category='{category}'),"
+        )
+    snakefile = SNAKEFILE.replace("{captions}", str(CAPTIONS))
+    snakefile = snakefile.replace("{outputs}", "\n".join(outputs))
+    (work / "Snakefile").write_text(snakefile.replace("{source}", str(report_run["out"])))
+    for args in (["--cores", "1"], ["--report", "report.html"]):
+        proc = subprocess.run(
+            [sys.executable, "-m", "snakemake", *args], cwd=work, capture_output=True, text=True
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return work / "report.html"
+
+
+def test_every_output_has_a_caption():
+    for name in OUTPUTS.values():
+        stem = Path(name).stem
+        assert (CAPTIONS / f"{stem}.rst").is_file(), f"no caption workflow/report/{stem}.rst"
+    assert (CAPTIONS / "workflow.rst").is_file()
+
+
+def test_captions_build_a_snakemake_report(html_report):
+    text = html_report.read_text()
+    assert html_report.stat().st_size > 100_000
+    assert "Elevation-bias strength" in text and "Gate outcomes" in text  # captions rendered
+    assert "TopoFlow fine-tune of a ClimaX-style air-quality forecaster" in text
+    assert "Variants in this run: default." in text  # Jinja on snakemake.config rendered
+
+
+@pytest.mark.skipif(
+    find_chromium() is None, reason="no Chromium installed (apt-get install chromium)"
+)
+def test_html_report_renders_in_chromium(html_report, tmp_path):
+    result = check_report(
+        html_report,
+        expect=["val_loss.png", "error_map.png", "gates.png", "variants.png", "summary.html"],
+        screenshot=tmp_path / "shot.png",
+    )
+    assert result.ok, result.problems
+    assert result.app and result.workflow_description and not result.errors
+    assert {f["name"] for f in result.figures} >= {"val_loss.png", "alpha.png", "gates.png"}
+    assert all(f["width"] > 100 and f["height"] > 100 for f in result.figures)
+    assert all(result.listed.values()) and len(result.listed) == len(OUTPUTS)
+    assert (tmp_path / "shot.png").stat().st_size > 10_000
+
+
+def test_render_problems_are_named():
+    broken = RenderResult(
+        report="r.html",
+        browser="chromium",
+        app=True,
+        workflow_description=True,
+        listed={"out/a.png": True, "out/b.png": False},
+        figures=[
+            {"name": "a.png", "found": True, "complete": True, "width": 0, "height": 0},
+        ],
+        html=[{"name": "summary.html", "found": False}],
+        errors=["Uncaught TypeError: x is undefined"],
+        screenshot_std=0.0,
+    )
+    problems = _problems(broken, expect=["a.png", "c.png"])
+    text = "\n".join(problems)
+    assert "script error in the page: Uncaught TypeError" in text
+    assert "out/b.png is not listed" in text
+    assert "expected result c.png is not in the report" in text
+    assert "figure a.png was not rendered" in text and "0x0 px" in text
+    assert "HTML result summary.html was not shown" in text
+    assert "screenshot is blank" in text
