@@ -1,0 +1,325 @@
+"""The Snakemake workflow's DAG, checked with dry runs and the cheap config rules: the jobs of the
+demo and of a two-variant config, which config each variant's audit reads and the keys it expects,
+a misspelt key rejected by name, the launcher of the multi-rank rules, the projected cost, and
+the resolved configs rewritten only when they change.
+
+The helpers at the top (a tiny config, a run of the repository's ``Snakefile`` in a temporary
+working directory with ``--configfile``, the job counts of its output) are shared with
+``test_workflow_e2e.py``, which runs the pipeline for real. The embedded ``config.yaml`` is not read
+in these runs: Snakemake looks it up in the working directory.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEFILE = REPO / "Snakefile"
+
+SHARED_RULES = ("make_demo_data", "build_cache", "train_baseline", "verify_wind_order")
+VARIANT_RULES = (
+    "resolve_config",
+    "audit_checkpoint",
+    "smoke_forward",
+    "validate_short",
+    "finetune",
+    "evaluate",
+)
+
+
+def workflow_config(tiny_config: dict[str, Any], **sections: Any) -> dict[str, Any]:
+    """A fast pipeline config from the session's ``tiny_config``; ``sections`` replace keys.
+
+    Tiny training runs (20 baseline steps, 2 short-validation steps, 6 fine-tune steps) and small
+    validation and evaluation sets. The gates keep their default ``gates.val_loss_rtol``: every
+    validation pass evaluates the same 8 samples, so the smoke and short-run losses reproduce the
+    baseline's recorded one to float error.
+    """
+    cfg = copy.deepcopy(tiny_config)
+    train = {"batch_size": 4, "val_every": 10, "checkpoint_every": 10}
+    cfg["baseline"]["train"].update(train, steps=20, lr=0.002)
+    cfg["finetune"].update(train, steps=6, val_every=3, checkpoint_every=3)
+    cfg["validation"].update(samples=8, batch_size=4)
+    cfg["gates"].update(validate_short_steps=2)
+    cfg["report"].update(eval_batches=2, bootstrap_samples=200)
+    cfg["launch"].update(step_time_estimate_s=0.5)
+    cfg.pop("variant", None)
+    cfg.update(copy.deepcopy(sections))
+    return cfg
+
+
+def write_config(workdir: Path, cfg: dict[str, Any], name: str = "test_config.yaml") -> Path:
+    """Write ``cfg`` into ``workdir`` and return its path."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / name
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def run_snakemake(
+    workdir: Path, configfile: Path, *args: str, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    """Run the workflow in ``workdir`` with ``configfile``; stdout and stderr merged."""
+    bin_dir = str(Path(sys.executable).parent)
+    env = {**os.environ, "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")])}
+    cmd = [
+        sys.executable, "-m", "snakemake",
+        "--snakefile", str(SNAKEFILE),
+        "--directory", str(workdir),
+        "--configfile", str(configfile),
+        "--cores", "2",
+        *args,
+    ]  # fmt: skip
+    return subprocess.run(
+        cmd,
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+_STATS_ROW = re.compile(r"^(\w+)\s+(\d+)$")
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """The first 'Job stats' table of a Snakemake run or dry run: rule -> jobs (no 'total').
+
+    Empty when there is nothing to be done.
+    """
+    lines = output.splitlines()
+    try:
+        start = lines.index("Job stats:")
+    except ValueError:
+        return {}
+    counts: dict[str, int] = {}
+    for line in lines[start + 3 :]:
+        match = _STATS_ROW.match(line.strip())
+        if not match:
+            break
+        if match.group(1) != "total":
+            counts[match.group(1)] = int(match.group(2))
+    return counts
+
+
+def expected_counts(variants: int, *, train_baseline: bool = True) -> dict[str, int]:
+    """The full DAG's jobs for ``variants`` variants, from scratch."""
+    counts = {rule: 1 for rule in SHARED_RULES}
+    if not train_baseline:
+        del counts["train_baseline"]
+    counts.update({rule: variants for rule in VARIANT_RULES})
+    # data, baseline and report scopes; the baseline scope only when it is trained
+    counts.update(resolve_shared_config=3 if train_baseline else 2, report=1, all=1)
+    return counts
+
+
+# ---------------------------------------------------------------------------------------------
+# Tests
+
+TWO_VARIANTS = {"default": {}, "blocks01": {"model": {"topoflow_blocks": [0, 1]}}}
+
+
+def test_demo_dag_has_every_stage_once(tmp_path: Path) -> None:
+    """The embedded demo (config.yaml): one variant, every stage once, rule all by default."""
+    result = run_snakemake(tmp_path, REPO / "config.yaml", "--dry-run")
+    assert result.returncode == 0, result.stdout
+    assert job_counts(result.stdout) == expected_counts(1)
+
+
+def test_two_variant_dag_and_each_audit_expects_its_keys(
+    tmp_path: Path, tiny_config: dict[str, Any]
+) -> None:
+    """Shared stages once, each variant its own chain; the audit keys follow topoflow_blocks."""
+    from aqnet.config import load_resolved
+    from aqnet.gates.audit import build_model, expected_missing_keys
+
+    cfg_path = write_config(tmp_path, workflow_config(tiny_config, variants=TWO_VARIANTS))
+    result = run_snakemake(tmp_path, cfg_path, "--dry-run", "--printshellcmds")
+    assert result.returncode == 0, result.stdout
+    assert job_counts(result.stdout) == expected_counts(2)
+    # Locally no launcher: one process, world size 1.
+    assert re.search(r"Shell command: aqnet finetune .* --world-size 1 ", result.stdout)
+    assert "srun" not in result.stdout
+    for variant in TWO_VARIANTS:
+        config = f"results/variants/{variant}/config.yaml"
+        assert f"aqnet audit-checkpoint --config {config} " in result.stdout
+        assert f"--report results/variants/{variant}/audit_checkpoint.json" in result.stdout
+
+    # The resolve_config rules for real (cheap): what each audit will read and expect.
+    targets = [f"results/variants/{v}/config.yaml" for v in TWO_VARIANTS]
+    result = run_snakemake(tmp_path, cfg_path, *targets)
+    assert result.returncode == 0, result.stdout
+    expected = {
+        "default": ["blocks.0.attn.elevation_alpha", "blocks.0.attn.H_scale"],
+        "blocks01": [
+            "blocks.0.attn.elevation_alpha",
+            "blocks.0.attn.H_scale",
+            "blocks.1.attn.elevation_alpha",
+            "blocks.1.attn.H_scale",
+        ],
+    }
+    for variant, keys in expected.items():
+        path = tmp_path / f"results/variants/{variant}/config.yaml"
+        raw = yaml.safe_load(path.read_text())
+        assert raw["variant"] == variant
+        assert list(raw["variants"]) == [variant]  # another variant's change leaves it alone
+        cfg = load_resolved(path)
+        assert cfg["variant"] == variant
+        assert sorted(expected_missing_keys(cfg, build_model(cfg, None))) == sorted(keys)
+
+
+@pytest.mark.parametrize(
+    ("section", "value", "message"),
+    [
+        (
+            "model",
+            {"h_scale": 500.0},
+            r"unknown key 'h_scale' in model \(allowed keys: .*h_scale_m",
+        ),
+        ("modle", {}, r"unknown key 'modle' in <top level>"),
+        (
+            "variants",
+            {"default": {}, "bad": {"model": {"topoflow_block": [0, 1]}}},
+            r"unknown key 'topoflow_block' in variants\.bad\.model",
+        ),
+    ],
+)
+def test_misspelt_key_stops_the_run_by_name(
+    tmp_path: Path, tiny_config: dict[str, Any], section: str, value: Any, message: str
+) -> None:
+    cfg_path = write_config(tmp_path, workflow_config(tiny_config, **{section: value}))
+    result = run_snakemake(tmp_path, cfg_path, "--dry-run")
+    assert result.returncode != 0
+    assert re.search(f"invalid configuration: .*{message}", result.stdout), result.stdout
+    assert not (tmp_path / "results").exists()
+
+
+def test_until_validate_short_stops_before_the_expensive_stages(
+    tmp_path: Path, tiny_config: dict[str, Any]
+) -> None:
+    cfg_path = write_config(tmp_path, workflow_config(tiny_config, variants=TWO_VARIANTS))
+    result = run_snakemake(tmp_path, cfg_path, "--dry-run", "--until", "validate_short")
+    assert result.returncode == 0, result.stdout
+    counts = job_counts(result.stdout)
+    assert counts["validate_short"] == 2 and counts["smoke_forward"] == 2
+    assert not {"finetune", "evaluate", "report", "all"} & set(counts)
+    assert counts["resolve_shared_config"] == 2  # data and baseline, not the report's
+
+
+def test_given_baseline_checkpoint_skips_train_baseline(
+    tmp_path: Path, tiny_config: dict[str, Any]
+) -> None:
+    (tmp_path / "given").mkdir()
+    ckpt, orders = tmp_path / "given/baseline.ckpt", tmp_path / "given/wind_orders.npz"
+    ckpt.write_bytes(b"stand-in: a dry run does not read it")
+    orders.write_bytes(b"stand-in")
+    cfg = workflow_config(tiny_config)
+    cfg["baseline"].update(checkpoint=str(ckpt), wind_orders=None)
+    result = run_snakemake(tmp_path, write_config(tmp_path, cfg), "--dry-run", "--printshellcmds")
+    assert result.returncode == 0, result.stdout
+    assert job_counts(result.stdout) == expected_counts(1, train_baseline=False)
+    # wind_orders null: the orders saved beside the checkpoint are the reference
+    assert f"--reference {orders}" in result.stdout
+    assert f"--checkpoint {ckpt}" in result.stdout
+
+    orders.unlink()
+    result = run_snakemake(tmp_path, write_config(tmp_path, cfg), "--dry-run")
+    assert result.returncode != 0
+    assert "set baseline.wind_orders" in result.stdout
+
+
+def test_launcher_passes_the_task_geometry_explicitly(
+    tmp_path: Path, tiny_config: dict[str, Any]
+) -> None:
+    """With resources.mpi (as the LUMI profile sets) an explicit srun geometry and world size."""
+    cfg_path = write_config(tmp_path, workflow_config(tiny_config))
+    slurm = run_snakemake(
+        tmp_path, cfg_path, "--dry-run", "--printshellcmds",
+        "--set-resources",
+        "finetune:mpi=srun", "finetune:nodes=2", "finetune:tasks_per_node=3",
+        "finetune:cpus_per_task=7",
+        "validate_short:mpi=srun", "validate_short:tasks_per_node=4",
+        "smoke_forward:rank_wrapper='env.sh --'", "finetune:rank_wrapper='env.sh --'",
+    )  # fmt: skip
+    assert slurm.returncode == 0, slurm.stdout
+    # srun starts the ranks, each behind the profile's wrapper (container, environment)
+    assert re.search(
+        r"srun --nodes=2 --ntasks-per-node=3 --cpus-per-task=7 --kill-on-bad-exit=1 "
+        r"env\.sh -- aqnet finetune .* --world-size 6 ",
+        slurm.stdout,
+    ), slurm.stdout
+    # validate_short: one node of 4 ranks; without cpus_per_task the rule's threads (2)
+    assert re.search(
+        r"srun --nodes=1 --ntasks-per-node=4 --cpus-per-task=2 --kill-on-bad-exit=1 "
+        r"aqnet validate-short .* --world-size 4 ",
+        slurm.stdout,
+    ), slurm.stdout
+    # a single-process stage: the wrapper only
+    assert "Shell command: env.sh -- aqnet smoke-forward " in slurm.stdout
+
+
+def test_projected_cost_printed_from_config_then_from_validate_short(
+    tmp_path: Path, tiny_config: dict[str, Any]
+) -> None:
+    cfg = workflow_config(tiny_config, variants=TWO_VARIANTS)
+    cfg["finetune"]["steps"] = 720
+    cfg["launch"].update(nodes=2, step_time_estimate_s=5.0, gpu_hours_per_node_hour=4.0)
+    cfg_path = write_config(tmp_path, cfg)
+    result = run_snakemake(tmp_path, cfg_path, "--dry-run")
+    assert result.returncode == 0, result.stdout
+    # 720 steps x 5 s = 1 h on 2 nodes = 2 node-hours = 8 GPU-hours per variant
+    assert (
+        "projected finetune cost default: 8.00 GPU-h (config estimate: 720 steps" in result.stdout
+    )
+    assert "projected finetune cost total: 16.00 GPU-h" in result.stdout
+
+    report = tmp_path / "results/variants/blocks01/validate_short.json"
+    report.parent.mkdir(parents=True)
+    report.write_text('{"passed": true, "projected_cost": {"gpu_hours": 3.5}}')
+    result = run_snakemake(tmp_path, cfg_path, "--dry-run")
+    assert result.returncode == 0, result.stdout
+    assert "projected finetune cost blocks01: 3.50 GPU-h (measured by validate_short)" in (
+        result.stdout
+    )
+    assert "projected finetune cost total: 11.50 GPU-h" in result.stdout
+
+
+def test_resolved_config_rewritten_only_when_it_changes(
+    tmp_path: Path, tiny_config: dict[str, Any]
+) -> None:
+    cfg = workflow_config(tiny_config)
+    target = "results/variants/default/config.yaml"
+    cfg_path = write_config(tmp_path, cfg)
+    assert run_snakemake(tmp_path, cfg_path, target).returncode == 0
+    path = tmp_path / target
+    mtime = path.stat().st_mtime_ns
+
+    again = run_snakemake(tmp_path, cfg_path, target)
+    assert again.returncode == 0 and job_counts(again.stdout) == {}, again.stdout
+    assert path.stat().st_mtime_ns == mtime
+
+    cfg["finetune"]["steps"] = 7
+    changed = run_snakemake(tmp_path, write_config(tmp_path, cfg), target)
+    assert changed.returncode == 0 and job_counts(changed.stdout) == {"resolve_config": 1}
+    assert yaml.safe_load(path.read_text())["finetune"]["steps"] == 7
+
+    # A finetune setting leaves the configs of the cache and the baseline alone.
+    shared = [f"results/config/{scope}.yaml" for scope in ("data", "baseline")]
+    assert run_snakemake(tmp_path, cfg_path, *shared).returncode == 0
+    before = [(tmp_path / f).stat().st_mtime_ns for f in shared]
+    cfg["finetune"]["steps"] = 8
+    dry = run_snakemake(tmp_path, write_config(tmp_path, cfg), "--dry-run", *shared)
+    assert dry.returncode == 0 and job_counts(dry.stdout) == {}, dry.stdout
+    assert [(tmp_path / f).stat().st_mtime_ns for f in shared] == before

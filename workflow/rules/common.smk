@@ -1,0 +1,355 @@
+"""Helpers shared by the rules (functions only, so ``snakemake --lint`` stays clean).
+
+* ``CFG``: the validated config with defaults filled (``aqnet.config.validate_config``);
+  ``VARIANTS``: the ablation variants, each its own chain under ``results/variants/<name>/``.
+* ``result(path)``: a path under ``results_dir``.
+* ``resolved_config(variant)`` / ``shared_config(scope)``: what the rules ``resolve_config`` and
+  ``resolve_shared_config`` write; each stage reads one of them (a plain input), so a stage
+  reruns when its config changes, and only then.
+* ``launcher`` / ``world_size``: the command prefix of every stage (ranks, container), and the
+  number of ranks a multi-rank rule starts.
+* The projected GPU-hours of the fine-tunes, printed when the DAG is built (dry runs too).
+"""
+
+import hashlib
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+
+from aqnet.config import ConfigError, validate_config, variant_config
+
+
+def _config_source() -> str:
+    """Where the config came from, for error messages: its files and any --config overrides."""
+    source = " + ".join(str(f) for f in workflow.configfiles) or "config"
+    if workflow.config_settings.overwrite_config:
+        source += " + --config"
+    return source
+
+
+try:
+    CFG = validate_config(config, source=_config_source())
+except ConfigError as exc:
+    # One readable line naming the key (no traceback into the package).
+    raise WorkflowError(f"invalid configuration: {exc}") from None
+
+# Without --sdm conda the rules' commands run in the environment Snakemake runs in; put its
+# scripts folder first on PATH so `aqnet` resolves to the same installation even when that
+# environment is not activated (e.g. `.venv/bin/snakemake`). A conda env's own bin comes first.
+_BIN = str(Path(sys.executable).parent)
+if _BIN not in os.environ.get("PATH", "").split(os.pathsep):
+    os.environ.update(PATH=os.pathsep.join([_BIN, os.environ.get("PATH", "")]))
+
+RESULTS = str(Path(CFG["results_dir"]))
+VARIANTS = list(CFG["variants"])
+ENV = "../../envs/aqnet.yaml"
+SHARED = "shared"  # pseudo-variant name of the resolved config the shared stages read
+
+# The configs of the variant-independent stages keep only the keys those stages depend on (the
+# rest stay at their defaults), so that e.g. a new baseline.checkpoint or finetune setting does not
+# rebuild the cache, and a finetune setting does not retrain the baseline.
+SHARED_SCOPES = {
+    # make_demo_data, build_cache (the wind orders need the patch and region sizes)
+    "data": (
+        "results_dir",
+        "data",
+        "grid",
+        "lead_times_h",
+        "model.preset",
+        "model.patch_size",
+        "model.region_patches",
+    ),
+    # train_baseline (its recorded val_loss is over the validation subset the gates evaluate)
+    "baseline": (
+        "results_dir",
+        "data",
+        "grid",
+        "lead_times_h",
+        "model",
+        "baseline.train",
+        "validation",
+    ),
+    # report (everything but the variants: it is given their folders)
+    "report": (
+        "results_dir",
+        "data",
+        "grid",
+        "lead_times_h",
+        "model",
+        "baseline",
+        "validation",
+        "gates",
+        "launch",
+        "finetune",
+        "report",
+    ),
+}
+
+
+wildcard_constraints:
+    variant="|".join(VARIANTS),
+    scope="|".join(SHARED_SCOPES),
+    year=r"\d{4}",
+
+
+def result(path: str) -> str:
+    """``path`` under the configured results folder."""
+    return f"{RESULTS}/{path}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Input data
+
+
+def split_years() -> list[int]:
+    """Every year of the train/val/test split, sorted."""
+    split = CFG["data"]["split"]
+    return sorted({*split["train"], *split["val"], *split["test"]})
+
+
+def demo_files() -> list[str]:
+    """The demo files make_demo_data writes (one per ``data.demo.years``)."""
+    return [result(f"demo_data/demo_{y}.nc") for y in CFG["data"]["demo"]["years"]]
+
+
+def input_files() -> list[str]:
+    """The yearly input files build_cache reads: the split's years, demo or user-given."""
+    years = split_years()
+    if CFG["data"]["source"] == "demo":
+        missing = sorted(set(years) - set(CFG["data"]["demo"]["years"]))
+        if missing:
+            raise WorkflowError(
+                f"data.split uses years {missing} that data.demo.years "
+                f"{CFG['data']['demo']['years']} does not generate"
+            )
+        return [result(f"demo_data/demo_{y}.nc") for y in years]
+    files = {str(year): path for year, path in CFG["data"]["files"].items()}
+    missing = [y for y in years if str(y) not in files]
+    if missing:
+        raise WorkflowError(
+            f"data.files has no file for the split's years {missing} (it lists {sorted(files)})"
+        )
+    return [files[str(y)] for y in years]
+
+
+# ---------------------------------------------------------------------------------------------
+# The baseline: given by the config, or trained by train_baseline
+
+
+def baseline_checkpoint() -> str:
+    """``baseline.checkpoint``, or train_baseline's output when it is null."""
+    return CFG["baseline"]["checkpoint"] or result("baseline/baseline.ckpt")
+
+
+def reference_orders() -> str:
+    """The wind orders the baseline was trained with (verify_wind_order's reference).
+
+    ``baseline.wind_orders`` when set; else train_baseline's output; for a given checkpoint
+    without ``wind_orders``, the ``wind_orders.npz`` saved next to it.
+    """
+    base = CFG["baseline"]
+    if base["wind_orders"]:
+        return base["wind_orders"]
+    if not base["checkpoint"]:
+        return result("baseline/wind_orders.npz")
+    beside = Path(base["checkpoint"]).with_name("wind_orders.npz")
+    if not beside.exists():
+        raise WorkflowError(
+            f"baseline.checkpoint is {base['checkpoint']} but baseline.wind_orders is null and "
+            f"there is no {beside}: set baseline.wind_orders to the scan orders the baseline was "
+            "trained with"
+        )
+    return str(beside)
+
+
+# ---------------------------------------------------------------------------------------------
+# Resolved configs (what each stage reads with aqnet.config.load_resolved)
+
+
+def resolved_config(variant: str) -> dict:
+    """The config one variant's stages read: its overrides merged, key ``variant`` set.
+
+    Only this variant's entry is kept under ``variants``, so adding or changing another variant
+    leaves the file unchanged.
+    """
+    resolved = variant_config(CFG, variant)
+    resolved["variants"] = {variant: CFG["variants"][variant]}
+    return resolved
+
+
+def shared_config(scope: str) -> dict:
+    """The config of the variant-independent stages of ``scope`` (a key of SHARED_SCOPES)."""
+    shared: dict = {}
+    for dotted in SHARED_SCOPES[scope]:
+        *parents, key = dotted.split(".")
+        source, target = CFG, shared
+        for part in parents:
+            source, target = source[part], target.setdefault(part, {})
+        if key in source:
+            target[key] = source[key]
+    shared["variants"] = {SHARED: {}}
+    return variant_config(validate_config(shared, source=f"{scope} config"), SHARED)
+
+
+def digest(obj) -> str:
+    """A short SHA-256 of ``obj`` as canonical JSON (a params value for the rerun trigger)."""
+    text = json.dumps(obj, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _folder(files) -> str:
+    """The folder of a file, or of a list of files that share one."""
+    folders = {
+        str(Path(f).parent) for f in ([files] if isinstance(files, str) else files)
+    }
+    if len(folders) != 1:
+        raise WorkflowError(f"expected files in one folder, got {sorted(folders)}")
+    return folders.pop()
+
+
+def output_dir(name: str):
+    """A params function: the folder of output ``name`` (for --out / --out-dir arguments)."""
+    return lambda wildcards, output: _folder(output[name])
+
+
+def input_dir(name: str):
+    """A params function: the folder of input ``name`` (e.g. the cache of cache/meta.json)."""
+    return lambda wildcards, input: _folder(input[name])
+
+
+def state_dir(stage: str):
+    """A params function: the resume-state folder of a training stage, one per config.
+
+    ``results/state/<variant>/<stage>/<digest>`` (``results/state/baseline/<digest>``): a stage
+    interrupted and started again with the same config resumes from its ``last.pt``; a stage
+    rerun because its config changed starts afresh instead of meeting a state the training
+    refuses (written by a different run). Not a declared output, so Snakemake never deletes it.
+    """
+
+    def _state_dir(wildcards) -> str:
+        variant = getattr(wildcards, "variant", None)
+        if variant is None:
+            return result(f"state/{stage}/{digest(shared_config(stage))}")
+        return result(f"state/{variant}/{stage}/{digest(resolved_config(variant))}")
+
+    return _state_dir
+
+
+# ---------------------------------------------------------------------------------------------
+# Multi-rank launch
+
+
+def launcher(wildcards, threads, resources) -> str:
+    """The command prefix of every stage: ``{params.launcher}aqnet ...``.
+
+    Empty locally. On a cluster it is, in this order:
+
+    * for the multi-rank stages, when the profile sets ``mpi`` (LUMI, ``srun ...``) with
+      ``nodes`` and ``tasks_per_node``: ``<mpi> --nodes=N --ntasks-per-node=T
+      --cpus-per-task=C --kill-on-bad-exit=1``. The task geometry is passed explicitly because
+      the Slurm executor plugin clears ``SLURM_*`` inside the job, so a bare ``srun`` would start
+      one rank per node; ``C`` is ``cpus_per_task`` or the rule's threads;
+    * ``resources.rank_wrapper`` when the profile sets one (LUMI: the container and the per-rank
+      environment, ``profiles/lumi/rank.sh``), so that it runs once per rank.
+    """
+    parts = []
+    mpi = resources.get("mpi")
+    if mpi:
+        nodes = int(resources.get("nodes") or 1)
+        tasks = int(resources.get("tasks_per_node") or 1)
+        cpus = int(resources.get("cpus_per_task") or threads)
+        parts.append(
+            f"{mpi} --nodes={nodes} --ntasks-per-node={tasks} --cpus-per-task={cpus} "
+            "--kill-on-bad-exit=1"
+        )
+    wrapper = resources.get("rank_wrapper")
+    if wrapper:
+        parts.append(str(wrapper))
+    return "".join(f"{part} " for part in parts)  # each followed by a space
+
+
+def world_size(wildcards, resources) -> int:
+    """Ranks the launcher starts: nodes x tasks_per_node under ``mpi``, else 1.
+
+    Passed to the training as ``--world-size``: it refuses to start with any other number.
+    """
+    if not resources.get("mpi"):
+        return 1
+    return int(resources.get("nodes") or 1) * int(resources.get("tasks_per_node") or 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Projected cost, printed when the DAG is built
+
+
+def _measured_gpu_hours(report_path: Path) -> float | None:
+    """``projected_cost.gpu_hours`` of a passed validate_short report (aqnet.train.cost), if any."""
+    try:
+        rep = json.loads(report_path.read_text())
+    except (OSError, ValueError):
+        return None
+    value = (
+        (rep.get("projected_cost") or {}).get("gpu_hours")
+        if rep.get("passed")
+        else None
+    )
+    if isinstance(value, (int, float)) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def projected_cost() -> list[tuple[str, float, str]]:
+    """Per variant: (name, projected fine-tune GPU-hours, where the figure comes from).
+
+    From the variant's validate_short report when it has run (its measured step time), else
+    from the config: finetune.steps x launch.step_time_estimate_s x launch.nodes x
+    launch.gpu_hours_per_node_hour (an estimate until validate_short has measured it).
+    """
+    rows = []
+    for variant in VARIANTS:
+        measured = _measured_gpu_hours(
+            Path(result(f"variants/{variant}/validate_short.json"))
+        )
+        if measured is not None:
+            rows.append((variant, measured, "measured by validate_short"))
+            continue
+        cfg = resolved_config(variant)
+        launch, steps = cfg["launch"], cfg["finetune"]["steps"]
+        hours = (
+            steps
+            * launch["step_time_estimate_s"]
+            / 3600.0
+            * launch["nodes"]
+            * launch["gpu_hours_per_node_hour"]
+        )
+        rows.append(
+            (
+                variant,
+                hours,
+                f"config estimate: {steps} steps x {launch['step_time_estimate_s']:g} s/step "
+                f"x {launch['nodes']} nodes x {launch['gpu_hours_per_node_hour']:g} "
+                "GPU-h per node-hour",
+            )
+        )
+    return rows
+
+
+def print_projected_cost() -> None:
+    """Print the projected fine-tune GPU-hours (once, in the main Snakemake process)."""
+    if not workflow.is_main_process:
+        return
+    rows = projected_cost()
+    for variant, hours, source in rows:
+        print(
+            f"aqnet: projected finetune cost {variant}: {hours:.2f} GPU-h ({source})",
+            file=sys.stderr,
+        )
+    total = sum(hours for _, hours, _ in rows)
+    print(f"aqnet: projected finetune cost total: {total:.2f} GPU-h", file=sys.stderr)
+
+
+print_projected_cost()

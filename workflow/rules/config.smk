@@ -1,0 +1,33 @@
+# Resolved configs: the file each stage reads (aqnet.config.load_resolved). Each rule reruns only
+# when its resolved content changes (the digest param; the content itself is a derived param, which
+# Snakemake does not track), so an unchanged config is not rewritten and triggers no rerun.
+
+
+rule resolve_shared_config:
+    output:
+        config=result("config/{scope}.yaml"),
+    log:
+        "logs/resolve_config/{scope}.log",
+    localrule: True
+    conda:
+        ENV
+    params:
+        digest=lambda wildcards: digest(shared_config(wildcards.scope)),
+        resolved=lambda wildcards, output: shared_config(wildcards.scope),
+    script:
+        "../scripts/resolve_config.py"
+
+
+rule resolve_config:
+    output:
+        config=result("variants/{variant}/config.yaml"),
+    log:
+        "logs/resolve_config/{variant}.log",
+    localrule: True
+    conda:
+        ENV
+    params:
+        digest=lambda wildcards: digest(resolved_config(wildcards.variant)),
+        resolved=lambda wildcards, output: resolved_config(wildcards.variant),
+    script:
+        "../scripts/resolve_config.py"

@@ -1,0 +1,79 @@
+# The multi-rank stages. Their shell starts ranks with {params.launcher} (empty locally; an
+# explicit `srun --nodes --ntasks-per-node ...` when the profile sets resources.mpi) and tells the
+# training the world size it must see. Resume state lives under results/state/<variant>/ (see
+# state_dir in common.smk) and is not a declared output, so Snakemake never deletes it.
+
+
+rule validate_short:
+    input:
+        config=rules.resolve_config.output.config,
+        cache=rules.build_cache.output.meta,
+        init=baseline_checkpoint(),
+        smoke=rules.smoke_forward.output.report,
+    output:
+        report=result("variants/{variant}/validate_short.json"),
+        metrics=result("variants/{variant}/validate_short/metrics.csv"),
+    log:
+        log="logs/validate_short/{variant}.log",
+        report="logs/validate_short/{variant}.json",
+    benchmark:
+        result("benchmarks/validate_short/{variant}.tsv")
+    conda:
+        ENV
+    threads: 2
+    resources:
+        nodes=1,
+        tasks_per_node=CFG["launch"]["tasks_per_node"],
+        mem_mb=8000,
+        runtime=30,
+    params:
+        cache_dir=input_dir("cache"),
+        out_dir=output_dir("metrics"),
+        state_dir=result("state/{variant}/validate_short"),
+        launcher=launcher,
+        world_size=world_size,
+    shell:
+        # A fresh start every time: the point is to measure the step time and the starting loss.
+        "rm -rf {params.state_dir} && {params.launcher}aqnet validate-short"
+        " --config {input.config} --cache {params.cache_dir} --init {input.init}"
+        " --out-dir {params.out_dir} --state-dir {params.state_dir}"
+        " --world-size {params.world_size}"
+        " --report {output.report} --report-copy {log.report} > {log.log} 2>&1"
+        " || {{ grep -h '^validate_short: FAIL' {log.log} >&2 || tail -n 20 {log.log} >&2;"
+        " echo 'validate_short failed: report kept at {log.report}, log at {log.log}' >&2;"
+        " exit 1; }}"
+
+
+rule finetune:
+    input:
+        config=rules.resolve_config.output.config,
+        cache=rules.build_cache.output.meta,
+        init=baseline_checkpoint(),
+        validated=rules.validate_short.output.report,
+    output:
+        ckpt=result("variants/{variant}/finetune/final.ckpt"),
+        metrics=result("variants/{variant}/finetune/metrics.csv"),
+        summary=result("variants/{variant}/finetune/summary.json"),
+    log:
+        "logs/finetune/{variant}.log",
+    benchmark:
+        result("benchmarks/finetune/{variant}.tsv")
+    conda:
+        ENV
+    threads: 2
+    resources:
+        nodes=CFG["launch"]["nodes"],
+        tasks_per_node=CFG["launch"]["tasks_per_node"],
+        mem_mb=8000,
+        runtime=120,
+    params:
+        cache_dir=input_dir("cache"),
+        out_dir=output_dir("ckpt"),
+        state_dir=state_dir("finetune"),
+        launcher=launcher,
+        world_size=world_size,
+    shell:
+        "{params.launcher}aqnet finetune --config {input.config}"
+        " --cache {params.cache_dir}"
+        " --init {input.init} --out-dir {params.out_dir} --state-dir {params.state_dir}"
+        " --world-size {params.world_size} > {log} 2>&1"
