@@ -1,0 +1,794 @@
+"""The LUMI profile: its dry run, its consistency with the LUMI config, its per-rank wrapper, and
+the pipeline submitted through it to a real (localhost) Slurm.
+
+* ``test_lumi_profile_*`` need no Slurm: the profile and config files, and
+  ``snakemake --profile profiles/lumi -n -p`` with stand-ins for the data and the baseline.
+* ``test_rank_wrapper_*`` run ``profiles/lumi/rank.sh`` (bash) with a fake Slurm environment.
+* ``test_pipeline_on_localhost_slurm`` (marker ``slurm``) needs the mini-LUMI of ``.ci/slurm.sh``
+  (``bash .ci/slurm.sh up`` as root) and is skipped with the reason when it is not up. It runs the
+  LUMI pipeline (data files and a baseline given, as on LUMI) with the profile derived from
+  ``profiles/lumi`` by ``tests/slurm/derive_profile.py`` (2 nodes x 2 ranks, gloo on the CPU, no
+  container) and checks, from ``sacct`` rather than from our own logs, where and how every stage
+  ran. ``test_bare_srun_*`` (marker ``slurm``) shows on the same cluster why the launcher spells
+  the task geometry out.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import yaml
+
+from aqnet.config import validate_config, variant_config
+
+REPO = Path(__file__).resolve().parents[1]
+LUMI_PROFILE = REPO / "profiles" / "lumi" / "config.yaml"
+LUMI_CONFIG = REPO / "config" / "lumi.yaml"
+RANK_SH = REPO / "profiles" / "lumi" / "rank.sh"
+BIN = Path(sys.executable).parent
+
+
+def _load_derive() -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "derive_profile", REPO / "tests" / "slurm" / "derive_profile.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+derive = _load_derive()
+
+# LUMI's partitions (docs.lumi-supercomputer.eu, "Slurm partitions"): wall-time limit in minutes,
+# most nodes per job, and whether the partition has GPUs.
+LUMI_PARTITIONS: dict[str, dict[str, Any]] = {
+    "small": {"max_minutes": 3 * 24 * 60, "max_nodes": 4, "gpu": False},
+    "standard": {"max_minutes": 2 * 24 * 60, "max_nodes": 512, "gpu": False},
+    "debug": {"max_minutes": 30, "max_nodes": 4, "gpu": False},
+    "small-g": {"max_minutes": 3 * 24 * 60, "max_nodes": 4, "gpu": True},
+    "standard-g": {"max_minutes": 2 * 24 * 60, "max_nodes": 1024, "gpu": True},
+    "dev-g": {"max_minutes": 3 * 60, "max_nodes": 32, "gpu": True},
+}
+LUMI_NODE_MEM_MB = 480 * 1024  # what a LUMI-G node gives to jobs
+LUMI_CORES_PER_GCD = 7  # 8 cores per GCD, one reserved for the system
+LUMI_GCDS_PER_NODE = 8
+
+GATED_CHAIN = (
+    "build_cache",
+    "verify_wind_order",
+    "audit_checkpoint",
+    "smoke_forward",
+    "validate_short",
+    "finetune",
+    "evaluate",
+    "report",
+)
+"""The stages of the LUMI run (data and baseline given) that Slurm runs, in DAG order."""
+
+RANKED = ("validate_short", "finetune")
+
+
+def rule_resources(profile: Mapping[str, Any], rule: str) -> dict[str, Any]:
+    """The resources the profile gives ``rule``: its set-resources over the default-resources."""
+    res = dict(profile.get("default-resources") or {})
+    res.update((profile.get("set-resources") or {}).get(rule) or {})
+    return {k: derive.unquote(v) for k, v in res.items()}
+
+
+def _snakemake_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"  # `aqnet` in the rules' shells
+    for key in list(env):
+        if key.startswith(("SLURM_", "SBATCH_", "SRUN_")):
+            env.pop(key)  # a test started inside a Slurm job must not leak its job into ours
+    env.update(extra or {})
+    return env
+
+
+# ---------------------------------------------------------------------------------------------
+# The profile and the config, read as files
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lumi_profile() -> dict[str, Any]:
+    return derive.load_profile(LUMI_PROFILE)
+
+
+@pytest.fixture(scope="module")
+def lumi_config() -> dict[str, Any]:
+    """config/lumi.yaml merged over config.yaml as Snakemake merges them, then validated."""
+    from snakemake.utils import update_config
+
+    with (REPO / "config.yaml").open() as fh:
+        merged = yaml.safe_load(fh)
+    with LUMI_CONFIG.open() as fh:
+        update_config(merged, yaml.safe_load(fh))
+    return validate_config(merged, source="config.yaml + config/lumi.yaml")
+
+
+def test_lumi_config_is_the_real_run(lumi_config: dict[str, Any]) -> None:
+    with LUMI_CONFIG.open() as fh:
+        own = yaml.safe_load(fh)
+    assert lumi_config["data"]["source"] == "files"
+    years = {
+        *lumi_config["data"]["split"]["train"],
+        *lumi_config["data"]["split"]["val"],
+        *lumi_config["data"]["split"]["test"],
+    }
+    assert {str(y) for y in years} <= set(lumi_config["data"]["files"])
+    assert (lumi_config["grid"]["ny"], lumi_config["grid"]["nx"]) == (128, 256)
+    assert lumi_config["model"]["preset"] == "paper"
+    assert lumi_config["baseline"]["checkpoint"] and lumi_config["baseline"]["wind_orders"]
+    assert lumi_config["finetune"]["steps"] == 270
+    assert lumi_config["finetune"]["val_every"] == 25
+    assert (lumi_config["launch"]["nodes"], lumi_config["launch"]["tasks_per_node"]) == (50, 8)
+    world = 50 * 8
+    assert (
+        lumi_config["finetune"]["batch_size"] % (world * lumi_config["finetune"]["grad_accum"]) == 0
+    )
+    # Merged over the demo's config.yaml, nothing of the demo leaks in: every section the demo
+    # sets is set in config/lumi.yaml, and the variants are exactly LUMI's.
+    with (REPO / "config.yaml").open() as fh:
+        demo = yaml.safe_load(fh)
+    assert set(demo) <= set(own), f"config/lumi.yaml lacks the sections {set(demo) - set(own)}"
+    assert lumi_config["variants"] == own["variants"]
+    assert lumi_config["model"] == validate_config({"model": own["model"]})["model"]
+    assert lumi_config["finetune"] == validate_config({"finetune": own["finetune"]})["finetune"]
+
+
+def test_lumi_profile_maps_every_stage_within_lumi_limits(
+    lumi_profile: dict[str, Any], lumi_config: dict[str, Any]
+) -> None:
+    assert lumi_profile["executor"] == "slurm"
+    assert lumi_profile["retries"] == 0
+    assert lumi_profile["slurm-status-command"] == "sacct"
+    assert Path(REPO / lumi_profile["configfile"]) == LUMI_CONFIG
+    # The account is set in one place: default-resources, never per rule.
+    assert re.fullmatch(r"project_46\d{7}", lumi_profile["default-resources"]["slurm_account"])
+    for rule, res in lumi_profile["set-resources"].items():
+        assert "slurm_account" not in res, f"{rule} sets its own slurm_account"
+    for rule in (*GATED_CHAIN, "train_baseline", "make_demo_data"):
+        res = rule_resources(lumi_profile, rule)
+        part = LUMI_PARTITIONS[res["slurm_partition"]]
+        assert 0 < res["runtime"] <= part["max_minutes"], (rule, res["runtime"])
+        assert res.get("nodes", 1) <= part["max_nodes"], rule
+        assert res["mem_mb"] > 0 and res["cpus_per_task"] >= 1, rule
+        if part["gpu"]:
+            gpus = int(res["gres"].split(":")[-1])
+            tasks = res.get("tasks_per_node", 1)
+            assert res["cpus_per_task"] * tasks <= LUMI_CORES_PER_GCD * gpus, rule
+            assert res["mem_mb"] <= LUMI_NODE_MEM_MB * gpus / LUMI_GCDS_PER_NODE, rule
+        else:
+            assert "gres" not in res and "mpi" not in res, rule
+    assert rule_resources(lumi_profile, "smoke_forward")["slurm_partition"] in ("small-g", "dev-g")
+    assert rule_resources(lumi_profile, "smoke_forward")["gres"] == "gpu:1"
+    for rule in RANKED:
+        res = rule_resources(lumi_profile, rule)
+        assert res["slurm_partition"] == "standard-g"
+        assert res["mpi"].split()[0] == "srun"
+        assert re.search(r"--cpu-bind=mask_cpu:(0x[0-9a-f]+,){7}0x[0-9a-f]+\b", res["mpi"])
+        assert res["gres"] == f"gpu:{LUMI_GCDS_PER_NODE}"
+        assert (
+            res["tasks_per_node"] == LUMI_GCDS_PER_NODE == lumi_config["launch"]["tasks_per_node"]
+        )
+        assert res["cpus_per_task"] == LUMI_CORES_PER_GCD
+        assert res["mem_mb"] == LUMI_NODE_MEM_MB
+    assert rule_resources(lumi_profile, "validate_short")["nodes"] == 1
+    finetune = rule_resources(lumi_profile, "finetune")
+    assert finetune["nodes"] == lumi_config["launch"]["nodes"] == 50
+    assert re.fullmatch(r"--signal=USR1@\d+", finetune["slurm_extra"])
+
+
+def test_lumi_cpu_masks_give_each_gcd_its_own_seven_cores(lumi_profile: dict[str, Any]) -> None:
+    mpi = rule_resources(lumi_profile, "finetune")["mpi"]
+    masks = [int(m, 16) for m in re.search(r"mask_cpu:(\S+)", mpi).group(1).split(",")]
+    assert len(masks) == LUMI_GCDS_PER_NODE
+    assert all(bin(m).count("1") == LUMI_CORES_PER_GCD for m in masks)
+    union = 0
+    for m in masks:
+        assert union & m == 0, "two ranks share a core"
+        union |= m
+        low = (m & -m).bit_length() - 1
+        # cores 1-7 of one 8-core CCD: core 0 of each CCD stays with the system
+        assert low % 8 == 1 and m == 0x7F << low, hex(m)
+    assert union < 1 << 64  # LUMI-G: 64 cores (the first hardware thread of each)
+
+
+def test_lumi_profile_keys_are_commented() -> None:
+    lines = LUMI_PROFILE.read_text().splitlines()
+    for i, line in enumerate(lines):
+        m = re.match(r"^([A-Za-z][\w-]*):", line)
+        if not m:
+            continue
+        above = lines[i - 1].strip() if i else ""
+        assert "#" in line or above.startswith("#"), f"profile key {m.group(1)!r} has no comment"
+
+
+# ---------------------------------------------------------------------------------------------
+# The dry run
+# ---------------------------------------------------------------------------------------------
+
+
+def _parse_dry_run(text: str) -> dict[str, dict[str, Any]]:
+    """``{rule: {"resources": {...}, "shell": str | None, "local": bool}}`` from ``-n -p``."""
+    jobs: dict[str, dict[str, Any]] = {}
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", text):
+        head = re.match(r"(local)?rule (\w+):", block)
+        if not head:
+            continue
+        res_line = re.search(r"^\s+resources: (.*)$", block, re.M)
+        resources: dict[str, str] = {}
+        if res_line:
+            for item in re.split(r", (?=\w+=)", res_line.group(1)):
+                key, _, value = item.partition("=")
+                resources[key] = value
+        shell = re.search(r"^Shell command: (.*)$", block, re.M)
+        jobs[head.group(2)] = {
+            "resources": resources,
+            "shell": None if not shell or shell.group(1) == "None" else shell.group(1),
+            "local": bool(head.group(1)),
+        }
+    return jobs
+
+
+@pytest.fixture(scope="module")
+def lumi_dry_run(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The output of ``snakemake --profile profiles/lumi -n -p`` (run once for this module).
+
+    The LUMI config's data files and baseline do not exist here, so an overlay config points them
+    at empty stand-in files (a dry run only needs them to exist); everything else is LUMI's.
+    """
+    tmp = tmp_path_factory.mktemp("lumi_dry_run")
+    with LUMI_CONFIG.open() as fh:
+        lumi = yaml.safe_load(fh)
+    stand = tmp / "stand_ins"
+    stand.mkdir()
+    files = {}
+    for year in lumi["data"]["files"]:
+        files[year] = str(stand / f"aq_{year}.zarr")
+        Path(files[year]).touch()
+    for name in ("baseline.ckpt", "wind_orders.npz"):
+        (stand / name).touch()
+    overlay = tmp / "stand_ins.yaml"
+    overlay.write_text(
+        yaml.safe_dump(
+            {
+                "results_dir": str(tmp / "results"),
+                "data": {"files": files},
+                "baseline": {
+                    "checkpoint": str(stand / "baseline.ckpt"),
+                    "wind_orders": str(stand / "wind_orders.npz"),
+                },
+            }
+        )
+    )
+    cmd = [
+        str(BIN / "snakemake"),
+        "--snakefile", str(REPO / "Snakefile"),
+        "--profile", str(LUMI_PROFILE.parent),
+        "--configfile", str(LUMI_CONFIG), str(overlay),
+        "-n", "-p",
+    ]  # fmt: skip
+    proc = subprocess.run(
+        cmd, cwd=tmp, env=_snakemake_env(), capture_output=True, text=True, timeout=180
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"the LUMI dry run failed:\n{out[-4000:]}"
+    return out
+
+
+def test_lumi_profile_dry_run_prints_resources_and_commands(
+    lumi_dry_run: str, lumi_profile: dict[str, Any]
+) -> None:
+    out = lumi_dry_run
+    assert "This was a dry-run" in out
+    assert re.search(r"projected finetune cost .*GPU-h", out), "no projected cost printed"
+    jobs = _parse_dry_run(out)
+    # The LUMI DAG: data and baseline are given, so nothing is generated or trained.
+    assert set(GATED_CHAIN) <= set(jobs), sorted(jobs)
+    assert "make_demo_data" not in jobs and "train_baseline" not in jobs
+    for rule in GATED_CHAIN:
+        res, shell = jobs[rule]["resources"], jobs[rule]["shell"]
+        want = rule_resources(lumi_profile, rule)
+        assert not jobs[rule]["local"], f"{rule} would run on the login node"
+        assert shell and "aqnet " in shell, f"{rule}: no command printed"
+        for key in ("slurm_account", "slurm_partition", "runtime", "mem_mb", "cpus_per_task"):
+            assert res.get(key) == str(want[key]), (rule, key, res.get(key), want[key])
+        for key in ("nodes", "tasks_per_node", "gres", "mpi", "slurm_extra"):
+            if key in want:
+                assert res.get(key) == str(want[key]), (rule, key, res.get(key), want[key])
+    for rule in RANKED:
+        want = rule_resources(lumi_profile, rule)
+        shell = jobs[rule]["shell"]
+        geometry = (
+            f"{want['mpi']} --nodes={want['nodes']} --ntasks-per-node={want['tasks_per_node']} "
+            f"--cpus-per-task={want['cpus_per_task']}"
+        )
+        assert geometry in shell, f"{rule}: ranks not started as {geometry!r}: {shell}"
+        assert f"--world-size {want['nodes'] * want['tasks_per_node']}" in shell
+    assert "--world-size 400" in jobs["finetune"]["shell"]
+
+
+def test_lumi_stages_run_behind_the_rank_wrapper(
+    lumi_dry_run: str, lumi_profile: dict[str, Any]
+) -> None:
+    """Every stage that runs on a compute node uses the container and per-rank environment."""
+    jobs = _parse_dry_run(lumi_dry_run)
+    wrapper = derive.unquote(lumi_profile["default-resources"]["rank_wrapper"])
+    missing = [
+        rule for rule in GATED_CHAIN if f"{wrapper} aqnet " not in (jobs[rule]["shell"] or "")
+    ]
+    assert not missing, (
+        f"on LUMI the stages {missing} would run outside the container: their command must be "
+        "`{params.launcher}aqnet ...` with the launcher ending in resources.rank_wrapper"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The per-rank wrapper
+# ---------------------------------------------------------------------------------------------
+
+
+def _rank_sh(args: list[str], env: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
+    base = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/")}
+    return subprocess.run(
+        ["bash", str(RANK_SH), *args],
+        env={**base, **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def test_rank_wrapper_sets_the_per_rank_environment(tmp_path: Path) -> None:
+    env = {
+        "MASTER_ADDR": "nid001234",
+        "SLURM_JOB_ID": "8123457",
+        "SLURM_LOCALID": "3",
+        "ROCR_VISIBLE_DEVICES": "0,1,2,3,4,5,6,7",
+        "MIOPEN_USER_DB_PATH": str(tmp_path / "miopen"),
+    }
+    show = (
+        "echo $MASTER_ADDR $MASTER_PORT $ROCR_VISIBLE_DEVICES $MIOPEN_CUSTOM_CACHE_DIR"
+        " $NCCL_SOCKET_IFNAME"
+    )
+    proc = _rank_sh(["--container", "none", "--", "bash", "-c", show], env)
+    assert proc.returncode == 0, proc.stderr
+    addr, port, gpu, cache, ifname = proc.stdout.split()
+    assert addr == "nid001234"
+    assert int(port) == 20000 + 8123457 % 20000
+    assert gpu == "3"  # local rank 3 keeps the 4th visible GCD
+    assert cache == str(tmp_path / "miopen") and (tmp_path / "miopen").is_dir()
+    assert ifname == "hsn0,hsn1,hsn2,hsn3"
+    # A single GPU bound to the task (a small-g job) is left alone, whatever the local rank.
+    proc = _rank_sh(
+        ["--container", "none", "--", "bash", "-c", "echo $ROCR_VISIBLE_DEVICES"],
+        {**env, "ROCR_VISIBLE_DEVICES": "5", "SLURM_LOCALID": "0"},
+    )
+    assert proc.stdout.strip() == "5"
+
+
+def test_rank_wrapper_outside_slurm_runs_one_plain_process(tmp_path: Path) -> None:
+    proc = _rank_sh(
+        ["--", "bash", "-c", "echo addr=${MASTER_ADDR:-unset} port=${MASTER_PORT:-unset}"],
+        {"MIOPEN_USER_DB_PATH": str(tmp_path / "m")},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["addr=unset", "port=unset"]
+
+
+@pytest.mark.skipif(shutil.which("scontrol") is None, reason="scontrol (slurm-client) not found")
+def test_rank_wrapper_takes_rank_zero_node_from_the_step(tmp_path: Path) -> None:
+    env = {
+        "SLURM_STEP_NODELIST": "nid[005-006,010]",
+        "SLURM_JOB_ID": "42",
+        "MIOPEN_USER_DB_PATH": str(tmp_path / "m"),
+    }
+    proc = _rank_sh(["--", "bash", "-c", "echo $MASTER_ADDR $MASTER_PORT"], env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["nid005", "20042"]
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["--bogus", "--", "true"], {"MASTER_ADDR": "a", "MASTER_PORT": "1"}, "unknown option"),
+        (["--container", "none", "--"], {"MASTER_ADDR": "a", "MASTER_PORT": "1"}, "no command"),
+        (
+            ["--", "true"],
+            {
+                "MASTER_ADDR": "a",
+                "MASTER_PORT": "1",
+                "ROCR_VISIBLE_DEVICES": "0,1",
+                "SLURM_LOCALID": "2",
+            },
+            "more ranks per node than GCDs",
+        ),
+        (
+            ["--container", "/nonexistent/image.sif", "--", "true"],
+            {"MASTER_ADDR": "a", "MASTER_PORT": "1"},
+            "container image '/nonexistent/image.sif' not found",
+        ),
+    ],
+)
+def test_rank_wrapper_refuses_what_it_cannot_run(
+    tmp_path: Path, args: list[str], env: dict[str, str], message: str
+) -> None:
+    proc = _rank_sh(args, {**env, "MIOPEN_USER_DB_PATH": str(tmp_path / "m")})
+    assert proc.returncode == 2
+    assert message in proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# The test profile derivation
+# ---------------------------------------------------------------------------------------------
+
+
+def test_test_profile_changes_only_sizes_account_container_and_launcher(
+    tmp_path: Path, lumi_profile: dict[str, Any]
+) -> None:
+    test = derive.derive_test_profile(
+        lumi_profile, configfile=tmp_path / "c.yaml", logdir=tmp_path / "l", cpus=[0, 1]
+    )
+    assert derive.changed_keys(lumi_profile, test) == set(derive.SCALED_KEYS)
+    assert rule_resources(test, "finetune")["nodes"] == 2
+    for rule in RANKED:
+        res, lumi = rule_resources(test, rule), rule_resources(lumi_profile, rule)
+        assert res["tasks_per_node"] == 2
+        assert res["mpi"] == lumi["mpi"].split("--cpu-bind=")[0] + "--cpu-bind=mask_cpu:0x1,0x2"
+    assert "--container none" in rule_resources(test, "smoke_forward")["rank_wrapper"]
+    assert derive.host_cpu_masks(3, [4, 6]) == ["0x10", "0x40", "0x10"]
+
+
+# ---------------------------------------------------------------------------------------------
+# The pipeline on the localhost Slurm
+# ---------------------------------------------------------------------------------------------
+
+
+def _slurm_skip_reason() -> str | None:
+    """Why the localhost Slurm cannot be used here, or None when it can."""
+    for tool in ("sinfo", "sbatch", "srun", "sacct", "scancel"):
+        if shutil.which(tool) is None:
+            return f"{tool} not found: bring up the localhost Slurm with `bash .ci/slurm.sh up`"
+    try:
+        ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=15)
+        parts = subprocess.run(
+            ["sinfo", "-h", "-o", "%P %a %D %t"], capture_output=True, text=True, timeout=15
+        )
+        acct = subprocess.run(["sacct", "-n", "-X", "-S", "now"], capture_output=True, timeout=15)
+    except subprocess.TimeoutExpired:
+        return "the Slurm controller does not answer (scontrol/sinfo/sacct time out)"
+    if ping.returncode or "UP" not in ping.stdout:
+        said = (ping.stdout.strip() or ping.stderr.strip()).splitlines()
+        return (
+            f"the Slurm controller is not up ({said[0] if said else 'scontrol ping failed'}): "
+            "bring it up with `bash .ci/slurm.sh up` (as root)"
+        )
+    up = {}
+    for line in parts.stdout.splitlines():
+        name, avail, count, state = line.split()
+        if avail == "up" and state in ("idle", "mix"):
+            up[name.rstrip("*")] = up.get(name.rstrip("*"), 0) + int(count)
+    need = {"small": 1, "small-g": 1, "standard-g": 2}
+    short = {p: n for p, n in need.items() if up.get(p, 0) < n}
+    if short:
+        return f"the localhost Slurm lacks idle nodes in {short} (sinfo: {parts.stdout.strip()})"
+    if acct.returncode:
+        return "sacct does not work (no slurmdbd): run `.ci/slurm.sh up` with CI_SLURM_DBD=1"
+    return None
+
+
+def _minutes(limit: str) -> int:
+    """Slurm's ``[D-]HH:MM:SS`` as minutes."""
+    days, _, hms = limit.rpartition("-")
+    h, m, s = (int(x) for x in hms.split(":"))
+    return int(days or 0) * 1440 + h * 60 + m + (s > 0)
+
+
+def _tres(spec: str) -> dict[str, str]:
+    return dict(item.split("=", 1) for item in spec.split(",") if "=" in item)
+
+
+def _mem_mb(value: str) -> float:
+    """sacct's memory (``64000M``, ``62.50G``, ``1T``) in MB."""
+    m = re.fullmatch(r"([\d.]+)([KMGT])", value)
+    assert m, f"cannot read the memory {value!r}"
+    return float(m.group(1)) * {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024**2}[m.group(2)]
+
+
+def _sacct(name: str) -> list[dict[str, str]]:
+    fields = (
+        "JobID,JobName,Comment,Partition,Account,State,NNodes,NTasks,NodeList,ReqTRES,Timelimit,"
+        "SubmitLine"
+    )
+    proc = subprocess.run(
+        ["sacct", "--name", name, "--parsable2", "--noheader", f"--format={fields}%4000"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    keys = fields.split(",")
+    rows = [
+        dict(zip(keys, line.split("|", len(keys) - 1), strict=True))
+        for line in proc.stdout.splitlines()
+    ]
+    return rows
+
+
+_BASELINE_TRAIN = {
+    "steps": 4,
+    "val_every": 4,
+    "checkpoint_every": 4,
+    "batch_size": 4,
+}
+"""The tiny baseline's training (validated on :data:`_VALIDATION`, as the gates below are)."""
+
+_VALIDATION = {"samples": 8, "batch_size": 4}
+"""The validation subset of every validation pass: 8 samples, evenly spaced over the val year."""
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> None:
+    """Skip (before any data is built) unless the localhost Slurm of .ci/slurm.sh is up."""
+    reason = _slurm_skip_reason()
+    if reason:
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def trained_baseline(
+    tiny_config: dict[str, Any], tiny_cache: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """A tiny baseline (checkpoint + the wind orders it trained with), as LUMI has one."""
+    from aqnet.train import run_training
+
+    cfg = copy.deepcopy(tiny_config)
+    cfg["baseline"]["train"].update(_BASELINE_TRAIN)
+    cfg["validation"].update(_VALIDATION)
+    out = tmp_path_factory.mktemp("baseline")
+    run_training(
+        variant_config(validate_config(cfg), "default"),
+        stage="baseline",
+        cache_dir=tiny_cache,
+        out_dir=out,
+        state_dir=out / "state",
+    )
+    return out
+
+
+def _reduced_config(
+    tiny_config: dict[str, Any], demo_files: dict[int, Path], baseline: Path, results: Path
+) -> dict[str, Any]:
+    """The LUMI config's shape (files + a given baseline) at the tiny test size, 2 x 2 ranks."""
+    cfg = copy.deepcopy(tiny_config)
+    cfg["results_dir"] = str(results)
+    cfg["data"]["source"] = "files"
+    cfg["data"]["files"] = {str(year): str(path) for year, path in demo_files.items()}
+    cfg["baseline"].update(
+        checkpoint=str(baseline / "baseline.ckpt"), wind_orders=str(baseline / "wind_orders.npz")
+    )
+    cfg["baseline"]["train"].update(_BASELINE_TRAIN)
+    # The baseline's validation subset (every validation pass uses it), so the gates compare like
+    # with like; global batch 4 = 2 nodes x 2 ranks x 1.
+    cfg["validation"].update(_VALIDATION)
+    cfg["gates"].update(validate_short_steps=2)
+    cfg["finetune"].update(steps=4, val_every=2, checkpoint_every=2, batch_size=4)
+    cfg["launch"].update(nodes=2, tasks_per_node=2)
+    cfg["report"].update(eval_batches=1, bootstrap_samples=100)
+    cfg["variants"] = {"default": {}}
+    return validate_config(cfg, source="tests/test_slurm.py")
+
+
+SLURM_RUN_TIMEOUT_S = 420
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_pipeline_on_localhost_slurm(
+    slurm_cluster: None,
+    tmp_path: Path,
+    tiny_config: dict[str, Any],
+    demo_files: dict[int, Path],
+    trained_baseline: Path,
+    lumi_profile: dict[str, Any],
+) -> None:
+    cfg = _reduced_config(tiny_config, demo_files, trained_baseline, tmp_path / "results")
+    cfg_path = tmp_path / "slurm_test_config.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    profile = derive.derive_test_profile(
+        lumi_profile,
+        configfile=cfg_path,
+        logdir=tmp_path / "slurm_logs",
+        nodes=cfg["launch"]["nodes"],
+        tasks_per_node=cfg["launch"]["tasks_per_node"],
+    )
+    profile_dir = tmp_path / "profile"
+    derive.write_profile(profile, profile_dir)
+
+    log_path = tmp_path / "snakemake.out"
+    cmd = [
+        str(BIN / "snakemake"),
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--profile",
+        str(profile_dir),
+    ]
+    env = _snakemake_env({"MIOPEN_USER_DB_PATH": str(tmp_path / "miopen")})
+    start = time.monotonic()
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            rc = proc.wait(timeout=SLURM_RUN_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGTERM)  # snakemake and only what it started
+            proc.wait(timeout=60)
+            rc = None
+    elapsed = time.monotonic() - start
+    out = log_path.read_text()
+    run_id = re.search(r"SLURM run ID: (\S+)", out)
+    if rc is None:
+        if run_id:
+            subprocess.run(["scancel", "--name", run_id.group(1)], timeout=30, check=False)
+        pytest.fail(f"the Slurm run took over {SLURM_RUN_TIMEOUT_S} s; its output:\n{out[-4000:]}")
+    assert rc == 0, f"snakemake failed ({elapsed:.0f} s):\n{out[-6000:]}"
+    assert run_id, "no SLURM run ID in snakemake's output"
+    print(f"pipeline on the localhost Slurm: {elapsed:.0f} s")
+
+    # --- read back from Slurm what ran -------------------------------------------------------
+    jobs: dict[str, dict[str, str]] = {}
+    steps: list[dict[str, str]] = []
+    for _ in range(20):  # step records reach slurmdbd a moment after the job ends
+        rows = _sacct(run_id.group(1))
+        jobs = {r["JobID"]: r for r in rows if "." not in r["JobID"]}
+        steps = [r for r in rows if re.fullmatch(r"\d+\.\d+", r["JobID"])]
+        if len(jobs) >= len(GATED_CHAIN) and all(
+            any(s["JobID"].startswith(f"{j}.") for s in steps) for j in jobs
+        ):
+            break
+        time.sleep(1)
+    by_rule: dict[str, dict[str, str]] = {}
+    for job in jobs.values():
+        comment = re.match(r"rule_(\w+?)(?:_wildcards_.*)?$", job["Comment"])
+        assert comment, f"job {job['JobID']}: no rule_<name> comment ({job['Comment']!r})"
+        rule = comment.group(1)
+        assert rule not in by_rule, f"{rule} was submitted twice (retries must be 0)"
+        by_rule[rule] = job
+    assert set(by_rule) == set(GATED_CHAIN), f"Slurm ran {sorted(by_rule)}"
+
+    for rule in GATED_CHAIN:
+        job, want = by_rule[rule], rule_resources(profile, rule)
+        lumi = rule_resources(lumi_profile, rule)
+        where = f"{rule} (job {job['JobID']})"
+        assert job["State"] == "COMPLETED", f"{where}: {job['State']}"
+        # Partition, account, wall time, CPUs, GPUs and memory as the LUMI profile maps them.
+        assert job["Partition"] == want["slurm_partition"] == lumi["slurm_partition"], where
+        assert job["Account"] == want["slurm_account"] == derive.CI_ACCOUNT, where
+        assert _minutes(job["Timelimit"]) == want["runtime"] == lumi["runtime"], where
+        nodes = want.get("nodes", 1)
+        tasks = want.get("tasks_per_node", 1)
+        tres = _tres(job["ReqTRES"])
+        assert int(job["NNodes"]) == nodes, where
+        assert int(tres["cpu"]) == nodes * tasks * want["cpus_per_task"], (where, tres)
+        assert want["cpus_per_task"] == lumi["cpus_per_task"], where
+        mem_mb = _mem_mb(tres["mem"])
+        assert mem_mb == pytest.approx(want["mem_mb"] * nodes, rel=1e-3), (where, tres)
+        assert want["mem_mb"] == lumi["mem_mb"], where
+        if "gres" in want:
+            per_node = int(want["gres"].split(":")[-1])
+            assert int(tres["gres/gpu"]) == per_node * nodes, (where, tres)
+            assert want["gres"] == lumi["gres"], where
+        else:
+            assert "gres/gpu" not in tres, where
+        submit = job["SubmitLine"]
+        assert f"--cpus-per-task={want['cpus_per_task']}" in submit, where
+        if "slurm_extra" in want:
+            assert want["slurm_extra"] in submit, where
+
+    # The ranked stages ran nodes x tasks_per_node ranks across the nodes: one srun step each.
+    for rule in RANKED:
+        job, want = by_rule[rule], rule_resources(profile, rule)
+        assert f"--ntasks-per-node={want['tasks_per_node']}" in job["SubmitLine"], rule
+        ranked_steps = [
+            s for s in steps if s["JobID"].startswith(f"{job['JobID']}.") and int(s["NTasks"]) > 1
+        ]
+        assert len(ranked_steps) == 1, (rule, ranked_steps)
+        step = ranked_steps[0]
+        assert int(step["NTasks"]) == want["nodes"] * want["tasks_per_node"], (rule, step)
+        assert int(step["NNodes"]) == want["nodes"], (rule, step)
+        assert step["NodeList"] == job["NodeList"], (rule, step)
+        assert step["State"] == "COMPLETED", (rule, step)
+    hosts = subprocess.run(
+        ["scontrol", "show", "hostnames", by_rule["finetune"]["NodeList"]],
+        capture_output=True,
+        text=True,
+        timeout=15,
+        check=True,
+    ).stdout.split()
+    assert len(set(hosts)) == cfg["launch"]["nodes"], hosts
+
+    # ... and the training saw that world (it refuses any other).
+    results = Path(cfg["results_dir"]) / "variants" / "default"
+    short = json.loads((results / "validate_short.json").read_text())
+    assert short["passed"] and short["world_size"] == 2 and short["launcher"] == "slurm"
+    summary = json.loads((results / "finetune" / "summary.json").read_text())
+    assert summary["world_size"] == 4 and summary["steps"] == cfg["finetune"]["steps"]
+
+    # Every stage ran behind the LUMI rank wrapper (here without container): it made the MIOpen
+    # cache folder the test pointed it to.
+    assert (tmp_path / "miopen").is_dir(), "profiles/lumi/rank.sh did not run in the jobs"
+
+    # The chain completed: the report exists.
+    assert (Path(cfg["results_dir"]) / "report" / "verdict.json").is_file()
+
+
+_WORLD_CHECK = """
+import sys
+from aqnet.train.distributed import LaunchError, init_distributed
+try:
+    init_distributed(backend="gloo", device="cpu", expected_world_size=int(sys.argv[1]))
+except LaunchError as exc:
+    print(f"REFUSED: {exc}", flush=True)
+    raise SystemExit(3)
+print("STARTED", flush=True)
+"""
+
+
+@pytest.mark.slurm
+def test_bare_srun_in_a_cleared_job_starts_one_rank_per_node_and_is_refused(
+    slurm_cluster: None, tmp_path: Path
+) -> None:
+    """Why the launcher writes the geometry out: the plugin's SLURM_* clearing, on a real Slurm."""
+    check = tmp_path / "world_check.py"
+    check.write_text(_WORLD_CHECK)
+    job = tmp_path / "job.sh"
+    job.write_text(
+        "#!/bin/bash\n"
+        "# What the Slurm executor plugin does before an mpi rule's shell: keep only the job's\n"
+        "# identity among the SLURM_* variables.\n"
+        "for v in $(compgen -e | grep '^SLURM_'); do\n"
+        "  case $v in SLURM_JOB_ID | SLURM_JOBID | SLURM_CLUSTER_NAME | SLURM_SUBMIT_DIR) ;;\n"
+        '  *) unset "$v" ;;\n'
+        "  esac\n"
+        "done\n"
+        f"srun --kill-on-bad-exit=0 {sys.executable} {check} 4\n"
+    )
+    log = tmp_path / "job.log"
+    proc = subprocess.run(
+        [
+            "sbatch", "--parsable", "--wait", "-A", derive.CI_ACCOUNT, "-p", "standard-g",
+            "--nodes=2", "--ntasks-per-node=2", "--cpus-per-task=1", "--mem=2000", "-t", "5",
+            "-o", str(log), str(job),
+        ],
+        capture_output=True, text=True, timeout=180, env=_snakemake_env(),
+    )  # fmt: skip
+    out = log.read_text() if log.exists() else ""
+    assert proc.returncode != 0, f"the job should fail:\n{out}"
+    job_id = proc.stdout.strip().split(";")[0]
+    # 2 ranks (one per node) instead of 2 x 2, and each refuses to start with the wrong world.
+    assert out.count("REFUSED: started 2 ranks but the run is configured for 4") == 2, out
+    assert "STARTED" not in out
+    steps = subprocess.run(
+        ["sacct", "-j", f"{job_id}.0", "-n", "-P", "--format=NTasks,NNodes"],
+        capture_output=True, text=True, timeout=30, check=True,
+    ).stdout.split()  # fmt: skip
+    assert steps[:1] == ["2|2"], steps
