@@ -54,16 +54,13 @@ def _extend_with_default(validator_class: type) -> type:
             for name, subschema in properties.items():
                 if "default" in subschema and name not in instance:
                     instance[name] = copy.deepcopy(subschema["default"])
-                elif "$ref" in subschema and name not in instance:
-                    ref = validator.resolver.resolve(subschema["$ref"])[1]
-                    if "default" in ref:
-                        instance[name] = copy.deepcopy(ref["default"])
         yield from validate_properties(validator, properties, instance, schema)
 
     return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
 
 
-_DefaultFillingValidator = _extend_with_default(jsonschema.Draft7Validator)
+# Snakemake validates with the 2020-12 draft too; the schema's $schema says so.
+_DefaultFillingValidator = _extend_with_default(jsonschema.Draft202012Validator)
 
 
 def _format_error(err: jsonschema.ValidationError, source: str, prefix: str = "") -> str:

@@ -29,6 +29,15 @@ from typing import Any
 log = logging.getLogger("aqnet")
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()  # what open() would give; mkstemp alone gives 0600
+
+
 class StageFailure(Exception):
     """A check failed; the message is the one-line reason shown to the user."""
 
@@ -43,6 +52,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -57,6 +67,7 @@ def atomic_save(save_fn: Callable[[Path], None], path: str | Path) -> None:
     os.close(fd)
     try:
         save_fn(Path(tmp))
+        os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
