@@ -78,11 +78,7 @@ def build_orders(
     # Region r = (ri, ci) in raster order; its patches in raster order.
     lr, lc = np.divmod(np.arange(rh * rw), rw)
     region_members = np.stack(
-        [
-            (ri * rh + lr) * wp + (ci * rw + lc)
-            for ri in range(hp // rh)
-            for ci in range(wp // rw)
-        ]
+        [(ri * rh + lr) * wp + (ci * rw + lc) for ri in range(hp // rh) for ci in range(wp // rw)]
     )  # (R, P) global patch indices
     local = np.stack([_sector_order(lr, lc, k) for k in range(N_SECTORS)])  # (16, P)
     regional = np.take_along_axis(
