@@ -7,7 +7,19 @@ an hourly ``time`` coordinate starting on 1 January of the year, the 13 variable
 ``aqnet.config.INPUT_VARIABLES`` with ``units`` attributes (``elevation`` and ``population``
 static, without time) and the domain mask ``mask`` (1 = land, inside the domain). Everything is a
 deterministic function of ``(seed, year)``: the static fields (cities, ports) of ``seed``, the
-weather and the daily emission factors of ``(seed, year)``.
+weather noise and the daily emission factors of ``(seed, year)``.
+
+Every year has the same climate - the same train of weather systems, the same emissions; years
+differ only by the synoptic phase on 1 January and by weather noise. A system passes every
+``SYNOPTIC_PERIOD_H`` = 90 h, so each one arrives 6 h later in the day than the one before: a demo
+year of a whole number of periods sees every wind regime equally often, and a year of four
+(360 h) meets each regime at four evenly spread hours of the day (stagnation by night, when the
+mixed layer is shallow, traps far more than by day). Such years share their statistics, so the
+normalisation statistics of the training years fit the validation year. Within a year the
+weather evolves smoothly and predictably (the veering wind, pressure and temperature of a passing
+system) and the pollutant fields follow it with lifetimes of hours to days, so the fields 12-96 h
+ahead are largely predictable from the present fields, the terrain and the emissions: that is
+what the forecaster has to learn.
 
 Terrain
     The DEM that matplotlib ships as sample data (``topobathy.npz``: 91 x 120 cells, 48.0-50.0 N,
@@ -17,11 +29,26 @@ Terrain
     the domain mask. Distances use :math:`\Delta x = R\cos\varphi\,\Delta\lambda`,
     :math:`\Delta y = R\,\Delta\varphi` (a Cartesian approximation on this small domain).
 
+Synoptic weather
+    A cyclone passes every :math:`P` = 90 h (``SYNOPTIC_PERIOD_H``). Its phase
+
+    .. math:: \theta(t) = \theta_0 + 2\pi t / P + \epsilon_\theta(t)
+
+    has a random start :math:`\theta_0` per year and a red-noise jitter :math:`\epsilon_\theta`
+    (an AR(1) process, standard deviation 0.2 rad, memory 48 h); everything synoptic below is a
+    function of :math:`\theta`, so the present weather tells where the cycle stands and what
+    follows.
+
 Wind (m s-1)
-    A synoptic wind of speed :math:`S(t) = S_0 + S_1 \sin(2\pi t / P_S + \psi_S)` blowing toward
-    :math:`\phi(t) = \phi_0 + 2\pi t / P_R + 0.6 \sin(2\pi t / P_W + \psi_W) + 0.3 (y' - 1/2)` (a
-    slow rotation through all sectors, a wobble and a weak shear over the normalised northing
-    :math:`y'`), 25 % faster over the sea (lower roughness), plus a diurnal slope wind
+    A synoptic wind of speed :math:`S(t) = (S_0 + S_1 \cos(\theta - \pi/4))\,(1 +
+    \epsilon_S(t))` (:math:`S_0` = 5, :math:`S_1` = 2.5 m s-1; strongest in the south-westerlies
+    around the low, weakest in the stagnant north-easterlies under the following high;
+    :math:`\epsilon_S` red noise of standard deviation 0.1 and memory 24 h, :math:`1 +
+    \epsilon_S` floored at 0.25) blowing toward
+    :math:`\phi(t) = \pi/2 - \theta(t) + 0.3 (y' - 1/2)`: a southerly ahead of the system that
+    veers (turns clockwise) through westerly, northerly and easterly, through all 16 scan sectors
+    once per period, with a weak shear over the normalised northing :math:`y'`. It is 25 % faster
+    over the sea (lower roughness), plus a diurnal slope wind
     :math:`A_d \sin(2\pi (\tau - 8) / 24)\, \nabla h / (|\nabla h| + s_r)` with :math:`A_d` = 2 m
     s-1 and :math:`s_r` = 0.05 (upslope by day, downslope by night; :math:`\tau` is the local solar
     hour, UTC + longitude / 15). The terrain then deflects it: with the uphill unit vector
@@ -35,11 +62,14 @@ Wind (m s-1)
     :math:`s_b` = ``BLOCKING_SLOPE``).
 
 Temperature (K), pressure (Pa), humidity (%)
-    :math:`T = 277 + A_T \sin(2\pi t/P_T + \psi_T) - 0.7 (\varphi - \varphi_0) + D \cos(2\pi(\tau -
-    15)/24) - \Gamma h` with the lapse rate :math:`\Gamma` = 6.5 K km-1 and a diurnal range
-    :math:`D` of 4 K over land, 1 K over the sea. Surface pressure from the barometric formula,
-    :math:`p = p_0(t) (1 - \Gamma h / T_0)^{g M / (R \Gamma)}` with :math:`p_0(t)` the synoptic
-    sea-level pressure. Relative humidity :math:`100\, e / e_s(T)` (Magnus formula) with the vapour
+    :math:`T = T_{sea} + D \cos(2\pi(\tau - 15)/24) - \Gamma h` with the sea-level temperature
+    :math:`T_{sea} = 277 + A_T \cos\theta - 0.7 (\varphi - \varphi_0)` (:math:`A_T` = 3 K: the
+    warm sector in the southerlies, cold air behind the front), the lapse rate :math:`\Gamma` =
+    6.5 K km-1 and a diurnal range :math:`D` of 4 K over land, 1 K over the sea. Surface pressure
+    from the barometric formula, :math:`p = p_0(t) (1 - \Gamma h / T_0)^{g M / (R \Gamma)}` with
+    the synoptic sea-level pressure :math:`p_0 = 101325\,Pa - A_p \cos(\theta - \pi/4)`
+    (:math:`A_p` = 900 Pa: lowest as the low passes, highest in the stagnant phase). Relative
+    humidity :math:`100\, e / e_s(T)` (Magnus formula) with the vapour
     pressure :math:`e = 0.85\, e_s(T_{sea}) e^{-h/2500\,m} (0.75 + 0.25 e^{-d_{sea}/30\,km}) (1 +
     0.3 w')`, where :math:`w' = \mathrm{clip}(\mathbf{u}\cdot\nabla h / 0.2\,m\,s^{-1}, 0, 1)` is
     the orographic lift; clipped to [5, 100] %.
@@ -115,14 +145,15 @@ SPINUP_H = 48
 MAX_COURANT = 0.9
 # The demo climate, the same in every year: a train of identical cyclones passes every
 # SYNOPTIC_PERIOD_H hours (the wind veers once through all 16 sectors); years differ only by the
-# phase on 1 January and by the weather noise. Demo years of a whole number of periods all see
-# every wind regime equally often, so their statistics agree.
-SYNOPTIC_PERIOD_H = 120.0  # P
+# phase on 1 January and by the weather noise. Demo years of a whole number of periods see every
+# wind regime equally often (four periods: at four evenly spread hours of the day), so their
+# statistics agree.
+SYNOPTIC_PERIOD_H = 90.0  # P
 SPEED_MEAN, SPEED_AMP = 5.0, 2.5  # S_0, S_1 (m s-1)
 TEMP_AMP = 3.0  # A_T (K): warm sector vs cold air behind the front
 PRESSURE_AMP = 900.0  # A_p (Pa)
-PHASE_NOISE_RAD, PHASE_MEMORY_H = 0.3, 48.0  # sigma_theta, tau_theta of the phase jitter
-SPEED_NOISE, SPEED_MEMORY_H = 0.15, 24.0  # sigma_S, tau_S of the relative wind-speed noise
+PHASE_NOISE_RAD, PHASE_MEMORY_H = 0.2, 48.0  # sigma_theta, tau_theta of the phase jitter
+SPEED_NOISE, SPEED_MEMORY_H = 0.1, 24.0  # sigma_S, tau_S of the relative wind-speed noise
 
 UNITS: dict[str, str] = {
     "u": "m s-1",
