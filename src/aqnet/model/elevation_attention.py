@@ -64,17 +64,14 @@ REL_LOG = 4
 REL_BUCKETS = 2 * (REL_EXACT + REL_LOG) + 1
 """Buckets per axis of the relative-position table."""
 
-CHUNK_ELEMENTS = 2**22
-"""Target elements of one ``(B, heads, chunk, N)`` score block in the chunked backward (8 MiB in
-fp32): small enough to keep the extra memory well below the plain block's, large enough that the
-per-chunk kernel launches stay few."""
+CHUNK_ACTIVATIONS = 2
+"""Size of one chunk buffer of the chunked path, in units of the block's ``(B, N, C)`` token
+activations: the backward reuses two ``(B, heads, c, N)`` score buffers with ``c = 2 * C / heads``
+query rows, the forward one ``(B, 1, c, N)`` bias block with ``c = 2 * C`` rows. The extra memory
+thus stays a fixed small fraction of what the block holds anyway, at every sequence length."""
 
 MIN_CHUNK_ROWS = 32
 """Fewest query rows per chunk (fewer rows make the per-chunk kernels inefficient)."""
-
-FORWARD_CHUNK_ELEMENTS = 2**23
-"""Target elements of one ``(B, 1, chunk, N)`` bias block in the chunked forward, which holds no
-per-head scores (the fused kernel streams them) and so affords larger, fewer chunks."""
 
 IMPLS: tuple[str, ...] = ("auto", "flex", "chunked", "sdpa", "reference")
 
@@ -190,21 +187,24 @@ class _ChunkedBiasedAttention(torch.autograd.Function):
         leaves = [
             t.detach().requires_grad_(need) for t, need in zip(bias_inputs, needs, strict=True)
         ]
+        # Two score-sized buffers reused by every chunk (no per-chunk allocation): A holds the
+        # scores, then dP and dS; B holds the probabilities.
+        buf_a = torch.empty(b * h * ctx.chunk * n, dtype=qs.dtype, device=qs.device)
+        buf_b = torch.empty_like(buf_a)
         for start in range(0, n, ctx.chunk):
             stop = min(n, start + ctx.chunk)
             c = stop - start
             with torch.set_grad_enabled(any(needs)):
                 bias = bias_fn(start, stop, *leaves)  # (B, 1|h, c, N) or None
-            scores = torch.bmm(q3[:, start:stop], k3_t)  # S = q k^T * scale: (B*h, c, N)
+            scores = buf_a[: b * h * c * n].view(b * h, c, n)  # contiguous for any c
+            torch.bmm(q3[:, start:stop], k3_t, out=scores)  # S = q k^T * scale: (B*h, c, N)
             if bias is not None:
                 scores.view(b, h, c, n).add_(bias.detach().to(qs.dtype))
-            p = torch.softmax(scores, dim=-1)  # (B*h, c, N)
-            del scores
+            p = torch.softmax(scores, dim=-1, out=buf_b[: b * h * c * n].view(b * h, c, n))
             do_c = do3[:, start:stop]  # (B*h, c, hd)
             dv3.baddbmm_(p.transpose(1, 2), do_c)  # dV += P^T dO: (B*h, N, hd)
-            ds = torch.bmm(do_c, v3_t)  # dP: (B*h, c, N)
+            ds = torch.bmm(do_c, v3_t, out=scores)  # dP: (B*h, c, N), in buffer A
             ds.sub_(delta3[:, start:stop]).mul_(p)  # dS = P * (dP - delta)
-            del p
             torch.bmm(ds, k3, out=dq3[:, start:stop])  # dQ / scale = dS K: (B*h, c, hd)
             dk3.baddbmm_(ds.transpose(1, 2), q3[:, start:stop])  # dK += dS^T (Q * scale)
             if bias is not None and bias.requires_grad:
@@ -232,19 +232,18 @@ def chunked_biased_attention(
         bias_fn: ``bias_fn(start, stop, *bias_inputs)`` -> bias of query rows ``[start, stop)``,
             broadcastable to ``(B, heads, stop - start, N)``, or ``None``.
         bias_inputs: the tensors the bias depends on (their gradients are returned).
-        chunk_size: query rows per chunk; by default the backward keeps one per-head score
-            block near :data:`CHUNK_ELEMENTS` elements and the forward one bias block near
-            :data:`FORWARD_CHUNK_ELEMENTS`, each with at least :data:`MIN_CHUNK_ROWS` rows.
+        chunk_size: query rows per chunk (forward and backward); by default see
+            :data:`CHUNK_ACTIVATIONS`, at least :data:`MIN_CHUNK_ROWS` rows.
 
     Returns:
         (B, heads, N, hd).
     """
-    b, h, n, _ = q.shape
+    _, h, n, hd = q.shape
     if chunk_size:
         chunks = (min(chunk_size, n), min(chunk_size, n))
     else:
-        backward_rows = max(MIN_CHUNK_ROWS, CHUNK_ELEMENTS // max(1, b * h * n))
-        forward_rows = max(backward_rows, FORWARD_CHUNK_ELEMENTS // max(1, b * n))
+        backward_rows = max(MIN_CHUNK_ROWS, CHUNK_ACTIVATIONS * hd)  # B*h*c*N = 2 * B*N*C
+        forward_rows = max(MIN_CHUNK_ROWS, CHUNK_ACTIVATIONS * h * hd)  # B*c*N = 2 * B*N*C
         chunks = (min(forward_rows, n), min(backward_rows, n))
     # Contiguous once here, not once per chunk inside every kernel call (q: in the Function).
     k, v = k.contiguous(), v.contiguous()
