@@ -370,3 +370,22 @@ def test_cost_projection_from_a_constructed_metrics_file(tmp_path: Path) -> None
     assert cost["full_world_size"] == 400
     with pytest.raises(ValueError, match="no optimizer step"):
         measured_times([{"step": 0, "val_loss": 1.0}])
+
+
+def test_alpha_projected_back_to_zero_and_gradient_alive_at_zero():
+    import torch
+
+    from aqnet.model import Forecaster, tiny
+    from aqnet.train.loop import project_alphas
+
+    torch.manual_seed(0)
+    model = Forecaster(tiny(img_size=(16, 32)))
+    alpha = dict(model.named_parameters())["blocks.0.attn.elevation_alpha"]
+    with torch.no_grad():
+        alpha.fill_(-0.02)
+    project_alphas(model)
+    assert float(alpha.detach()) == 0.0
+    x = torch.randn(2, len(model.config.in_variables), 16, 32)
+    elev = torch.linspace(0, 3000, 16 * 32).reshape(16, 32)
+    model(x, torch.tensor([12.0, 24.0]), elev).square().mean().backward()
+    assert alpha.grad is not None and float(alpha.grad.abs()) > 0

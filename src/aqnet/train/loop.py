@@ -564,6 +564,7 @@ class _Trainer:
             raise TrainingDiverged(self._diverged("gradient norm", grad_norm, step))
         lrs = group_lrs(self.optimizer)  # the rates of this update
         self.optimizer.step()
+        project_alphas(self.model)
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.device.type == "cuda":
@@ -916,3 +917,17 @@ def _alpha_parameters(model: nn.Module) -> dict[int, nn.Parameter]:
             raise ValueError(f"TopoFlow key {key!r} is not a parameter of the model")
         out[int(parts[1])] = params[key]
     return dict(sorted(out.items()))
+
+
+@torch.no_grad()
+def project_alphas(model: nn.Module) -> None:
+    """Keep every ``elevation_alpha`` >= 0 after an update.
+
+    The bias ``clamp(-alpha * relu(dz / H), -10, 0)`` is clamped at 0, so for alpha < 0 it is 0
+    everywhere and alpha's gradient vanishes: one step below 0 would freeze TopoFlow for the rest
+    of the run. At alpha = 0 the gradient still flows (the clamp passes it at its bound), so the
+    projection keeps the prior alive without changing the start at the baseline.
+    """
+    for name, param in model.named_parameters():
+        if name.endswith("elevation_alpha"):
+            param.clamp_(min=0.0)
