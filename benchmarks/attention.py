@@ -9,12 +9,16 @@ Blocks (all ``D = --dim``, ``--heads`` heads, MLP ratio 4, batch ``--batch``, fp
   ``attn_mask`` to ``scaled_dot_product_attention``;
 * ``topoflow-sdpa`` / ``topoflow-reference`` (opt-in) - the other implementations of the model.
 
-Every (block, N) is measured in a fresh Python process: ``--warmup`` untimed steps, then
-``--repeats`` forward+backward steps; the median time is reported. Peak memory is the steady-state
-peak of those timed steps: on CPU the process's peak resident set size (``VmHWM``, reset through
-``/proc/self/clear_refs`` after the warm-up) minus its resident size at that moment, with glibc's
-mmap threshold fixed (``MALLOC_MMAP_THRESHOLD_``) so freed tensors leave the RSS at once; on GPU
-``torch.cuda.max_memory_allocated`` minus the memory allocated after the warm-up. The peak of the
+Every (block, N) is measured in fresh Python processes: ``--warmup`` untimed steps, then
+``--repeats`` timed forward+backward steps; the median time is reported. Peak memory is a
+steady-state peak. On CPU it comes from a second fresh process started with glibc's mmap threshold
+fixed (``MALLOC_MMAP_THRESHOLD_``, ``--mmap-threshold-kib``), so that freed tensors leave the
+resident set at once: after the warm-up the kernel's peak-RSS mark (``VmHWM``) is reset through
+``/proc/self/clear_refs`` and ``--memory-steps`` steps run; the figure is the peak RSS minus the
+RSS at the reset. (Times come from the first process, with glibc's default allocator, because the
+fixed threshold turns every large allocation into fresh page faults.) On GPU one process does
+both: ``torch.cuda.max_memory_allocated`` over the timed steps minus the memory allocated after
+the warm-up. The peak of the
 first steps (one-time kernel initialisation included) is kept in the JSON as
 ``first_steps_peak_rss_bytes``. A configuration whose estimated need exceeds ``--mem-limit-gb`` is
 skipped, not run. The 1-minute load average is recorded with each measurement: other processes
@@ -154,17 +158,15 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     for _ in range(args.warmup):
         step()
     # Steady state: one-time costs of the warm-up (lazy kernel initialisation, allocator set-up,
-    # compilation) are excluded by resetting the peak marks after it.
+    # compilation) are excluded from the peaks below.
     first_peak = _peak_rss_bytes() - rss_start
     if cuda:
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         mem_before = torch.cuda.memory_allocated(device)
-    reset = _reset_peak_rss()
-    rss_before = _status_bytes("VmRSS") if reset else rss_start
     times: list[float] = []
     cpu_times: list[float] = []  # CPU seconds of all threads: less sensitive to other processes
-    for _ in range(args.repeats):
+    for _ in range(args.repeats if args.measure == "time" or cuda else 0):
         if cuda:
             torch.cuda.synchronize(device)
         t0, c0 = time.perf_counter(), time.process_time()
@@ -173,18 +175,27 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
             torch.cuda.synchronize(device)
         times.append(time.perf_counter() - t0)
         cpu_times.append(time.process_time() - c0)
+    reset = True
     if cuda:
         peak = torch.cuda.max_memory_allocated(device) - mem_before
-    else:
+    elif args.measure == "memory":
+        # This process runs with a fixed glibc mmap threshold (see _run_one): freed tensors leave
+        # the RSS at once, so the peak RSS tracks the live tensors, not the allocator's caching.
+        reset = _reset_peak_rss()
+        rss_before = _status_bytes("VmRSS") if reset else rss_start
+        for _ in range(max(1, args.memory_steps)):
+            step()
         peak = _peak_rss_bytes() - rss_before
+    else:
+        peak = None
     impl = module.attn.resolve_impl(device) if hasattr(module.attn, "resolve_impl") else "sdpa"
     return {
         "block": args.block,
         "n": args.n,
         "impl": "naive" if args.block == "naive" else impl,
-        "time_s": statistics.median(times),
+        "time_s": statistics.median(times) if times else None,
         "times_s": times,
-        "cpu_time_s": statistics.median(cpu_times),
+        "cpu_time_s": statistics.median(cpu_times) if cpu_times else None,
         "peak_bytes": peak,
         "load_1min": max(load_before, os.getloadavg()[0]),
         "peak_reset": reset,
@@ -213,12 +224,31 @@ def _run_one(block: str, n: int, args: argparse.Namespace) -> dict[str, Any]:
         "--device", args.device,
         "--dtype", args.dtype,
         "--threads", str(args.threads),
+        "--memory-steps", str(args.memory_steps),
+        "--mmap-threshold-kib", str(args.mmap_threshold_kib),
     ]  # fmt: skip
-    # A fixed mmap threshold makes glibc return every large freed block to the OS at once, so
-    # the peak RSS tracks the live tensors instead of the allocator's adaptive caching.
-    env = dict(os.environ)
-    if args.mmap_threshold_kib > 0:
-        env.setdefault("MALLOC_MMAP_THRESHOLD_", str(args.mmap_threshold_kib * 1024))
+    if args.device.startswith("cuda"):
+        return _worker_process(cmd + ["--measure", "time"], block, n, env=None)
+    # CPU: time with glibc's default allocator, memory in a second process whose fixed mmap
+    # threshold returns every freed tensor to the OS at once (a deterministic peak RSS).
+    timed = _worker_process(cmd + ["--measure", "time"], block, n, env=None)
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(args.mmap_threshold_kib * 1024)}
+    mem = _worker_process(cmd + ["--measure", "memory"], block, n, env=env)
+    if "time_s" not in timed:
+        return timed
+    if "peak_bytes" not in mem:
+        return mem
+    fields = ("peak_bytes", "peak_reset", "first_steps_peak_rss_bytes")
+    return {
+        **timed,
+        **{k: mem[k] for k in fields},
+        "load_1min": max(timed["load_1min"], mem["load_1min"]),
+    }
+
+
+def _worker_process(
+    cmd: list[str], block: str, n: int, *, env: dict[str, str] | None
+) -> dict[str, Any]:
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or [f"rc {proc.returncode}"]
@@ -298,10 +328,14 @@ def main(argv: list[str] | None = None) -> int:
         "--mmap-threshold-kib",
         type=int,
         default=128,
-        help="glibc MALLOC_MMAP_THRESHOLD_ of the workers (0: glibc's adaptive default)",
+        help="glibc mmap threshold of the memory-measuring process on CPU",
+    )
+    parser.add_argument(
+        "--memory-steps", type=int, default=1, help="steps measured for memory (after timing)"
     )
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--measure", choices=["time", "memory"], help=argparse.SUPPRESS)
     parser.add_argument("--block", choices=BLOCKS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.device is None:
