@@ -226,6 +226,7 @@ def whole_years(
 def test_every_year_sees_every_wind_regime(
     whole_years: tuple[dict[int, Path], Path, dict[str, Any]],
 ) -> None:
+    """The domain-mean wind blows toward each of 8 directions for about 1/8 of every year."""
     files, _, _ = whole_years
     for year, path in files.items():
         with xr.open_dataset(path) as ds:
