@@ -73,7 +73,7 @@ def test_output_shape_and_stage_shapes(terrain_m):
     assert not torch.allclose(out, model(x, lead + 24.0, terrain_m))
 
 
-@pytest.mark.parametrize("wind_scan", ["off", "global", "regional"])
+@pytest.mark.parametrize("wind_scan", ["off", "global", "regional", "reference"])
 def test_alpha_zero_topoflow_equals_baseline(terrain_m, wind_scan):
     base = make_model(seed=0, wind_scan=wind_scan, topoflow_blocks=())
     topo = make_model(seed=1, wind_scan=wind_scan, topoflow_blocks=(0,))

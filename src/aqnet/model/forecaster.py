@@ -11,7 +11,8 @@ Stages of :meth:`Forecaster.forward` (the keys of the ``shapes`` record):
    ``(B, L, D)``;
 6. ``blocks.<i>`` - transformer blocks (TopoFlow blocks receive the permuted elevations);
 7. ``norm`` and ``head`` - ``(B, L, V * p * p)``;
-8. ``unscan`` - the inverse permutation, back to raster patch order;
+8. ``unscan`` - the inverse permutation, back to raster patch order (not in the ``reference`` scan
+   mode, whose baseline was trained without it: the prediction of slot ``s`` lands on patch ``s``);
 9. ``unpatchify`` - ``(B, V, H, W)``;
 10. ``output`` - the ``out_variables`` channels selected by name, ``(B, n_out, H, W)``.
 """
@@ -225,7 +226,8 @@ class Forecaster(nn.Module):
         record(shapes, "norm", tokens)
         tokens = self.head(tokens)  # (B, L, V * p * p)
         record(shapes, "head", tokens)
-        tokens = WindScan.unscan(tokens, perm)  # back to raster patch order
+        if self.wind_scan.unscans:
+            tokens = WindScan.unscan(tokens, perm)  # back to raster patch order
         record(shapes, "unscan", tokens)
         fields = self.unpatchify(tokens)  # (B, V, H, W)
         record(shapes, "unpatchify", fields)

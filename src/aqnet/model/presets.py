@@ -20,10 +20,10 @@ from typing import Any, Literal
 
 from aqnet.config import MODEL_VARIABLES, POLLUTANTS
 
-WindScanMode = Literal["off", "global", "regional"]
+WindScanMode = Literal["off", "global", "regional", "reference"]
 AttentionImpl = Literal["auto", "flex", "sdpa", "chunked", "reference"]
 
-WIND_SCAN_MODES: tuple[str, ...] = ("off", "global", "regional")
+WIND_SCAN_MODES: tuple[str, ...] = ("off", "global", "regional", "reference")
 ATTENTION_IMPLS: tuple[str, ...] = ("auto", "flex", "sdpa", "chunked", "reference")
 
 # Keys of the pipeline config's ``model`` section that map one-to-one onto ModelConfig fields.
@@ -63,7 +63,8 @@ class ModelConfig:
         h_scale_m: elevation scale of the TopoFlow bias, in metres.
         elevation_bias: whether the TopoFlow blocks apply the elevation bias (ablation switch;
             the parameters exist either way so checkpoints stay compatible).
-        wind_scan: ``"off"``, ``"global"`` or ``"regional"`` wind-ordered patch scanning.
+        wind_scan: ``"off"``, ``"global"`` or ``"regional"`` wind-ordered patch scanning, or
+            ``"reference"``, the researchers' scan (:mod:`aqnet.model.reference_scan`).
         region_patches: ``(rh, rw)`` region size in patches (regional scan mode).
         rel_pos_bias: add a learnable bucketed 2-D relative-position bias in TopoFlow blocks.
         attention_impl: ``"auto"``, ``"flex"``, ``"sdpa"``, ``"chunked"`` or ``"reference"``.

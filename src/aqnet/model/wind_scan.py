@@ -23,6 +23,11 @@ Semantics (what the forecaster does with the permutation):
   :meth:`WindScan.unscan` (the inverse permutation) is applied before unpatchify, so every
   prediction lands on its own pixel. With the position embedding zeroed the forecaster is then
   exactly invariant to the scan (the tests pin this).
+* ``reference``: the permutation the researchers' baseline was trained with
+  (:mod:`aqnet.model.reference_scan`, which lists how it differs from the modes above): computed per
+  sample from the normalised ``u``, ``v`` (batched, no buffers), and **no** inverse before
+  unpatchify (:attr:`WindScan.unscans` is False). Elevations and coordinates still travel with
+  their tokens.
 """
 
 from __future__ import annotations
@@ -32,10 +37,11 @@ import math
 import torch
 from torch import nn
 
+from aqnet.model.reference_scan import reference_permutation
 from aqnet.model.shapes import check_shape
 from aqnet.orders import N_SECTORS, SECTOR_DEG, build_orders
 
-MODES: tuple[str, ...] = ("off", "global", "regional")
+MODES: tuple[str, ...] = ("off", "global", "regional", "reference")
 
 
 def sector_of(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -79,6 +85,12 @@ class WindScan(nn.Module):
         self.register_buffer("region_index", torch.arange(regional.shape[1]), persistent=False)
 
     @property
+    def unscans(self) -> bool:
+        """Whether the inverse permutation is applied before unpatchify (all modes but
+        ``reference``, whose baseline was trained without it)."""
+        return self.mode != "reference"
+
+    @property
     def num_patches(self) -> int:
         return self.grid_patches[0] * self.grid_patches[1]
 
@@ -118,6 +130,13 @@ class WindScan(nn.Module):
             return None
         check_shape(x, ("B", "V", ("H", self.img_size[0]), ("W", self.img_size[1])),
                     stage="wind scan input")  # fmt: skip
+        if self.mode == "reference":  # normalised channels, per-sample orders
+            return reference_permutation(
+                x[:, self.u_index],
+                x[:, self.v_index],
+                grid_patches=self.grid_patches,
+                region_patches=self.region_patches,
+            )
         return self.permutation_from_sectors(self.sectors(x))
 
     @staticmethod
