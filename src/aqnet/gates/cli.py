@@ -9,6 +9,12 @@ Examples::
         --reference results/baseline/wind_orders.npz \\
         --report results/gates/verify_wind_order.json
 
+    aqnet verify-wind-order --cache run1/wind_scanner_cache.pkl \\
+        --reference run2/wind_scanner_cache.pkl --report verify.json   # researchers' pickles
+
+    aqnet verify-wind-order --cache results/cache --reference wind_scanner_cache.pkl \\
+        --config results/variants/default/config.yaml --report verify.json  # what will run
+
     aqnet audit-checkpoint --config results/variants/default/config.yaml --cache results/cache \\
         --checkpoint results/baseline/baseline.ckpt \\
         --report results/variants/default/audit_checkpoint.json
@@ -29,23 +35,31 @@ from aqnet.stage import StageFailure, add_report_arguments, read_json, run_stage
 
 
 def add_arguments_verify_wind_order(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--cache", required=True, type=Path, help="cache folder (or its wind_orders.npz)"
-    )
+    kinds = "a cache folder, an aqnet orders .npz, or the researchers' wind_scanner_cache.pkl"
+    parser.add_argument("--cache", required=True, type=Path, help=f"the cache's orders: {kinds}")
     parser.add_argument(
         "--reference",
         required=True,
         type=Path,
-        help="the wind orders the baseline was trained with (.npz written by aqnet.orders)",
+        help=f"the wind orders the baseline was trained with: {kinds}",
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="resolved config: also check the orders that will run (in wind_scan reference mode "
+        "they are recomputed on the validation samples; --cache must be the cache folder)",
     )
     add_report_arguments(parser)
 
 
 def run_verify_wind_order(args: argparse.Namespace) -> int:
+    from aqnet.config import load_resolved
     from aqnet.gates.wind_order import verify_wind_order
 
     def check(report: dict[str, Any]) -> str:
-        return verify_wind_order(args.cache, args.reference, report=report)["reason"]
+        cfg = None if args.config is None else load_resolved(args.config)
+        return verify_wind_order(args.cache, args.reference, cfg=cfg, report=report)["reason"]
 
     return run_stage("verify_wind_order", check, args.report, args.report_copy)
 

@@ -14,6 +14,18 @@ when
   the first few of them.
 
 See :mod:`aqnet.orders` for the conventions and the digest.
+
+Either side may also be the researchers' pickle cache (``wind_scanner_cache.pkl``, read with a
+restricted unpickler, :mod:`aqnet.wind_tables`): the two files are then compared in the form both
+share - the patch grid, the sectors' angles, the global orders and each region's local orders - by
+content, and a difference names the sector (and the region).
+
+With the config (``cfg``), the gate also checks **what will run**. In ``wind_scan: reference``
+mode the applied order is recomputed from each sample's wind (:mod:`aqnet.model.reference_scan`)
+and no table is read, so the gate recomputes it for the validation subset with the model's batched
+scan and compares it with the reference rule computed the way the reference code does; it reports
+that the tables are not used (and how often they would agree with the applied order), and table
+differences no longer fail the gate. In ``global`` / ``regional`` mode the tables are what runs.
 """
 
 from __future__ import annotations
@@ -27,6 +39,7 @@ import numpy as np
 
 from aqnet.orders import OrdersFileError, load_orders, orders_digest
 from aqnet.stage import StageFailure
+from aqnet.wind_tables import WindTables, is_pickle, read_tables
 
 ORDERS_FILE = "wind_orders.npz"
 """Name of the orders file inside a cache folder."""
@@ -188,13 +201,17 @@ def verify_wind_order(
     cache_dir: str | Path,
     reference: str | Path,
     *,
+    cfg: Mapping[str, Any] | None = None,
     report: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Check that the cache's wind orders are valid and identical to the reference orders.
 
     Args:
-        cache_dir: a cache folder holding ``wind_orders.npz``, or the orders file itself.
-        reference: the orders the baseline was trained with (``aqnet.orders.save_orders`` file).
+        cache_dir: a cache folder holding ``wind_orders.npz``, an orders file, or the researchers'
+            pickle cache.
+        reference: the orders the baseline was trained with: the same three kinds.
+        cfg: the resolved config; when given, the orders that will run are checked too
+            (:func:`check_applied_orders`; ``cache_dir`` must then be the cache folder).
         report: a dict to fill (``aqnet.stage.run_stage`` passes its report); a new one if None.
 
     Returns:
@@ -205,12 +222,31 @@ def verify_wind_order(
         StageFailure: with the reason (the report is filled as far as the check got).
     """
     report = {} if report is None else report
-    cache_path = Path(cache_dir)
-    if cache_path.is_dir():
-        cache_path = cache_path / ORDERS_FILE
-    ref_path = Path(reference)
+    cache_path = _orders_path(Path(cache_dir))
+    ref_path = _orders_path(Path(reference))
     report.update(cache_file=str(cache_path), reference_file=str(ref_path))
+    mode = None if cfg is None else str(cfg["model"]["wind_scan"])
+    if is_pickle(cache_path) or is_pickle(ref_path):
+        problems = _verify_tables(cache_path, ref_path, report)
+    else:
+        problems = _verify_aqnet_files(cache_path, ref_path, report)
+    only_tables = bool(problems) and problems == [report.get("table_difference")]
+    if mode == "reference" and only_tables:
+        # The tables are not what runs in this mode: their difference is reported, not fatal.
+        report["problems"] = []
+        report["reason"] = f"the tables differ but are not used ({problems[0]})"
+    elif problems:
+        report["problems"] = problems
+        raise StageFailure("; ".join(problems))
+    report["problems"] = []
+    if cfg is not None:
+        report["applied_orders"] = check_applied_orders(cfg, Path(cache_dir), ref_path)
+        report["reason"] += "; " + report["applied_orders"]["summary"]
+    return report
 
+
+def _verify_aqnet_files(cache_path: Path, ref_path: Path, report: dict[str, Any]) -> list[str]:
+    """The comparison of two aqnet orders files; returns the problems (sets the reason)."""
     cache_orders, cache_params, cache_info = _read(cache_path, "cache")
     report["cache"] = cache_info
     ref_orders, ref_params, ref_info = _read(ref_path, "reference")
@@ -250,24 +286,282 @@ def verify_wind_order(
             mode: [d["sector"] for d in diffs if d["mode"] == mode] for mode in sorted(cache_orders)
         }
         if diffs:
-            problems.append(
+            report["table_difference"] = (
                 "the wind scan orders differ from the ones the baseline was trained with: "
                 + _describe_differences(diffs)
             )
-    report["problems"] = problems
+            problems.append(report["table_difference"])
     if problems:
-        raise StageFailure("; ".join(problems))
+        return problems
 
     n_sectors, n_patches = expected_shapes(cache_params)["global"]
     if report["bytes_differ"]:
-        how = (
-            f"the files' bytes differ (MD5 {cache_info['md5'][:8]} vs {ref_info['md5'][:8]}) "
-            "but the orders are identical"
-        )
+        how = _bytes_differ(cache_info["md5"], ref_info["md5"])
     else:
         how = "the files are byte-identical"
     report["reason"] = (
         f"{n_sectors} sectors x {', '.join(sorted(cache_orders))} orders over {n_patches} patches "
         f"match the reference (digest {cache_info['digest'][:12]}); {how}"
     )
-    return report
+    return []
+
+
+def _bytes_differ(md5_a: str, md5_b: str) -> str:
+    return (
+        f"bytes differ, orders identical (MD5 {md5_a[:8]} vs {md5_b[:8]}: the files' bytes "
+        "differ but the orders are identical)"
+    )
+
+
+def _orders_path(path: Path) -> Path:
+    return path / ORDERS_FILE if path.is_dir() else path
+
+
+def _read_tables(path: Path, role: str) -> tuple[WindTables, dict[str, Any]]:
+    try:
+        tables = read_tables(path)
+    except OrdersFileError as exc:
+        raise StageFailure(f"the {role} wind orders cannot be used: {exc}") from exc
+    info = {
+        "path": str(tables.path),
+        "kind": tables.kind,
+        "bytes": tables.path.stat().st_size,
+        "md5": _md5(tables.path),
+        "grid": tables.grid,
+        "content_digest": tables.content_digest(),
+        "tables": {mode: list(arr.shape) for mode, arr in sorted(tables.tables.items())},
+    }
+    if tables.kind == "aqnet":
+        digest = orders_digest(*load_orders(tables.path)[:2])
+        info.update(stored_digest=tables.stored_digest, digest=digest)
+        info["digest_matches_stored"] = digest == tables.stored_digest
+    return tables, info
+
+
+def _table_problems(t: WindTables, role: str) -> list[str]:
+    """Why the tables are not valid orders: global rows permutations of range(N), regional rows
+    permutations of range(P)."""
+    problems: list[str] = []
+    g = t.grid
+    n = g["grid_h"] * g["grid_w"]
+    n_regions = g["regions_h"] * g["regions_w"]
+    n_local = n // max(n_regions, 1)
+    want = {
+        "global": (g["num_sectors"], n),
+        "regional": (g["num_sectors"], n_regions, n_local),
+    }
+    for mode, shape in want.items():
+        arr = t.tables.get(mode)
+        if arr is None or tuple(arr.shape) != shape:
+            got = None if arr is None else tuple(arr.shape)
+            problems.append(f"the {role} {mode} table has shape {got}, the grid needs {shape}")
+            continue
+        ok = np.sort(arr, axis=-1) == np.arange(shape[-1])
+        bad = np.flatnonzero(~ok.reshape(shape[0], -1).all(axis=1))
+        if bad.size:
+            what = "patch indices" if mode == "global" else "local indices of a region"
+            problems.append(
+                f"the {role} {mode} orders of sector(s) {_ints(bad)} are not permutations of the "
+                f"{what} (a corrupted or hand-edited file)"
+            )
+    return problems
+
+
+def _describe_table_differences(diffs: list[dict[str, Any]]) -> str:
+    parts = []
+    for mode in sorted({d["mode"] for d in diffs}):
+        rows = [d for d in diffs if d["mode"] == mode]
+        first = rows[0]
+        if mode == "regional":
+            regions = sorted({f["position"][0] for d in rows for f in d["first"]})
+            f0 = first["first"][0]
+            parts.append(
+                f"regional orders: sector(s) {_ints([d['sector'] for d in rows])} differ in "
+                f"{sum(d['n_positions'] for d in rows)} position(s), region(s) {_ints(regions)} "
+                f"(first: sector {first['sector']} region {f0['position'][0]} slot "
+                f"{f0['position'][1]}: local index {f0['cache']} (cache) vs {f0['reference']} "
+                "(reference))"
+            )
+        else:
+            f0 = first["first"][0]
+            parts.append(
+                f"global orders: sector(s) {_ints([d['sector'] for d in rows])} differ in "
+                f"{sum(d['n_positions'] for d in rows)} position(s) (first: sector "
+                f"{first['sector']} position {f0['position']}: patch {f0['cache']} (cache) vs "
+                f"{f0['reference']} (reference))"
+            )
+    return "; ".join(parts)
+
+
+def _verify_tables(cache_path: Path, ref_path: Path, report: dict[str, Any]) -> list[str]:
+    """Compare two files by content when one of them is the researchers' pickle; the problems."""
+    cache, cache_info = _read_tables(cache_path, "cache")
+    report["cache"] = cache_info
+    ref, ref_info = _read_tables(ref_path, "reference")
+    report["reference"] = ref_info
+    report["bytes_differ"] = cache_info["md5"] != ref_info["md5"]
+    report["digests_equal"] = cache_info["content_digest"] == ref_info["content_digest"]
+    problems: list[str] = []
+    for role, info in (("cache", cache_info), ("reference", ref_info)):
+        if info.get("digest_matches_stored") is False:
+            problems.append(
+                f"the {role} file {info['path']} was modified after it was written: its stored "
+                f"digest {info['stored_digest'][:12]} does not match its orders "
+                f"({info['digest'][:12]})"
+            )
+    grid_diffs = {
+        k: {"cache": cache.grid.get(k), "reference": ref.grid.get(k)}
+        for k in sorted(set(cache.grid) | set(ref.grid))
+        if cache.grid.get(k) != ref.grid.get(k)
+    }
+    report["grid_differences"] = grid_diffs
+    if grid_diffs:
+        problems.append(
+            "the grid differs from the reference's: "
+            + ", ".join(
+                f"{k} {v['cache']} (cache) vs {v['reference']} (reference)"
+                for k, v in grid_diffs.items()
+            )  # fmt: skip
+        )
+        return problems
+    problems += _table_problems(cache, "cache") + _table_problems(ref, "reference")
+    if not np.allclose(cache.sector_angles, ref.sector_angles, rtol=0, atol=1e-12):
+        problems.append(
+            f"the sector angles differ: {np.round(cache.sector_angles, 6).tolist()} (cache) vs "
+            f"{np.round(ref.sector_angles, 6).tolist()} (reference)"
+        )
+    if problems:
+        return problems
+    diffs = order_differences(cache.tables, ref.tables)
+    report["differences"] = diffs
+    report["differing_sectors"] = {
+        mode: [d["sector"] for d in diffs if d["mode"] == mode] for mode in sorted(cache.tables)
+    }
+    if diffs:
+        report["table_difference"] = (
+            "the wind scan orders differ from the reference's: "
+            + _describe_table_differences(diffs)
+        )
+        return [report["table_difference"]]
+    g = cache.grid
+    how = (
+        _bytes_differ(cache_info["md5"], ref_info["md5"])
+        if report["bytes_differ"]
+        else "the files are byte-identical"
+    )
+    report["reason"] = (
+        f"{g['num_sectors']} sectors x global, regional orders over {g['grid_h'] * g['grid_w']} "
+        f"patches ({g['regions_h'] * g['regions_w']} regions) match the reference by content "
+        f"({cache.kind} vs {ref.kind}, content digest {cache_info['content_digest'][:12]}); {how}"
+    )
+    return []
+
+
+def check_applied_orders(
+    cfg: Mapping[str, Any], cache_dir: Path, reference: Path
+) -> dict[str, Any]:
+    """What will run: in ``reference`` mode, the orders of the validation subset recomputed.
+
+    The model's batched scan (:class:`aqnet.model.wind_scan.WindScan`, what the fine-tune runs) is
+    applied to the validation subset's inputs (the items every validation pass evaluates) and
+    compared with :func:`aqnet.model.reference_scan.reference_permutation_loop`, the rule computed
+    the way the reference code does. Then, for each sample and region, the order the reference
+    file's regional table holds for the region's nearest sector is compared with the applied one:
+    how often they agree (the tables are never read by the reference rule).
+
+    Returns:
+        ``mode``, ``tables_used``, ``summary`` and, in reference mode, ``samples``,
+        ``items``, ``regions``, ``identical``, ``table_agreement`` (fraction, or None when the
+        reference's grid is not the model's).
+
+    Raises:
+        StageFailure: the applied orders differ from the rule (naming the sample and region), or
+            the cache folder is missing.
+    """
+    import torch
+
+    from aqnet.model.reference_scan import (
+        nearest_sector,
+        reference_permutation_loop,
+        region_angles,
+    )
+
+    mode = str(cfg["model"]["wind_scan"])
+    if mode in ("global", "regional"):
+        return {
+            "mode": mode,
+            "tables_used": True,
+            "summary": f"wind_scan {mode}: the model scans with these tables",
+        }
+    if mode == "off":
+        return {"mode": mode, "tables_used": False, "summary": "wind_scan off: no table is used"}
+    if not cache_dir.is_dir():
+        raise StageFailure(
+            f"wind_scan reference: the applied orders are recomputed from the validation samples, "
+            f"so --cache must be the cache folder, not {cache_dir}"
+        )
+    from aqnet.data import CacheDataset, load_stats, validation_indices
+    from aqnet.model.presets import from_pipeline_config
+    from aqnet.model.wind_scan import WindScan
+
+    mcfg = from_pipeline_config(cfg, stats=load_stats(cache_dir))
+    dataset = CacheDataset(cache_dir, "val", lead_times_h=tuple(cfg["lead_times_h"]))
+    n = min(int(cfg["validation"]["samples"]), len(dataset))
+    items = validation_indices(len(dataset), n, group=len(cfg["lead_times_h"]))
+    if not items:
+        raise StageFailure(f"wind_scan reference: the validation split of {cache_dir} is empty")
+    x = torch.stack([torch.as_tensor(dataset[i][0]) for i in items])  # (S, V, H, W)
+    ui, vi = mcfg.in_variables.index("u"), mcfg.in_variables.index("v")
+    scan = WindScan(
+        mode="reference", img_size=mcfg.img_size, patch_size=mcfg.patch_size,
+        region_patches=mcfg.region_patches, u_index=ui, v_index=vi, wind_norm=mcfg.wind_norm,
+    )  # fmt: skip
+    applied = scan.permutation(x)  # (S, N) what the model runs
+    grid = {"grid_patches": mcfg.grid_patches, "region_patches": mcfg.region_patches}
+    rule = reference_permutation_loop(x[:, ui], x[:, vi], **grid)  # (S, N)
+    n_local = mcfg.region_patches[0] * mcfg.region_patches[1]
+    bad = (applied != rule).nonzero()
+    if len(bad):
+        s, slot = (int(t) for t in bad[0])
+        raise StageFailure(
+            f"wind_scan reference: the model's scan differs from the reference rule on "
+            f"{len(bad)} slot(s) of {len({int(t) for t in bad[:, 0]})} validation sample(s); "
+            f"first: sample {s} (item {items[s]}), region {slot // n_local}, slot {slot}: patch "
+            f"{int(applied[s, slot])} (model) vs {int(rule[s, slot])} (rule)"
+        )
+    out: dict[str, Any] = {
+        "mode": mode,
+        "tables_used": False,
+        "samples": len(items),
+        "items": list(items),
+        "regions": applied.shape[1] // n_local,
+        "identical": True,
+        "table_agreement": None,
+    }
+    try:
+        tables = read_tables(reference)
+    except OrdersFileError:
+        tables = None
+    n_regions = out["regions"]
+    hp, wp = mcfg.grid_patches
+    if tables is not None and tables.grid == {
+        "grid_h": hp, "grid_w": wp, "num_sectors": 16,
+        "regions_h": hp // mcfg.region_patches[0], "regions_w": wp // mcfg.region_patches[1],
+    }:  # fmt: skip
+        sectors = nearest_sector(region_angles(x[:, ui], x[:, vi], **grid))  # (S, R)
+        table = torch.from_numpy(tables.tables["regional"])  # (16, R, P) local indices
+        looked_up = table[sectors, torch.arange(n_regions)]  # (S, R, P)
+        local = applied.reshape(len(items), n_regions, n_local) % n_local  # (S, R, P)
+        out["table_agreement"] = float((looked_up == local).all(dim=-1).double().mean())
+    agree = (
+        "the reference file's grid is not the model's"
+        if out["table_agreement"] is None
+        else f"its regional table for the nearest sector gives the applied order in "
+        f"{out['table_agreement']:.0%} of the (sample, region) pairs"
+    )
+    out["summary"] = (
+        f"wind_scan reference: the orders applied to {len(items)} validation samples "
+        f"({n_regions} regions each) are recomputed from each sample's wind and equal the "
+        f"reference rule; no table is used ({agree})"
+    )
+    return out
