@@ -5,7 +5,8 @@ On whatever device is there, with the weights loaded through
 
 1. the model's wind scan orders are the cache's (canonical digest of ``model.wind_orders()`` /
    ``model.orders_params()`` against the cache's ``wind_orders.npz``) and its ``wind_scan`` mode is
-   the config's;
+   the config's (the orders are compared in the ``global`` / ``regional`` modes, whose tables are
+   what runs; the ``reference`` mode recomputes each sample's order and uses no table);
 2. the first batch goes through the model with the shape after every stage recorded
    (``Forecaster.forward(..., shapes=...)``); a wrong shape - the 4-D-into-attention bug - fails
    naming the stage, and the prediction must have the target's shape;
@@ -20,7 +21,9 @@ On whatever device is there, with the weights loaded through
    The training loop validates on the same items, so a baseline trained by ``train_baseline``
    (whose checkpoint holds the weights of its best validation and that loss) gives back its
    recorded loss to float error; the tolerance is for a baseline whose loss came from another
-   evaluation.
+   evaluation. When the loss is missed, the same batches are evaluated under each scan order
+   (:mod:`aqnet.gates.scan_candidates`) and the report and message name the one that reproduces
+   the recorded loss, if any (``scan_orders``).
 """
 
 from __future__ import annotations
@@ -100,7 +103,8 @@ def _check_orders(model: nn.Module, cfg: Mapping[str, Any], cache_dir: Path) -> 
             f"smoke_forward: the model scans in mode {mode!r} but the config's model.wind_scan "
             f"is {cfg['model']['wind_scan']!r}"
         )
-    if mode != "off" and model_digest != cache_digest:
+    info["tables_used"] = mode in ("global", "regional")  # reference: per-sample orders
+    if info["tables_used"] and model_digest != cache_digest:
         raise StageFailure(
             f"smoke_forward: the model's wind scan orders (digest {model_digest[:12]}, params "
             f"{model.orders_params()}) are not the cache's (digest {cache_digest[:12]}, params "
@@ -114,6 +118,24 @@ def _load(model: nn.Module, checkpoint: str | Path, expected: list[str], which: 
         return load_weights(model, checkpoint, expected_missing=expected)
     except CheckpointError as exc:
         raise StageFailure(f"smoke_forward: loading the {which} model failed: {exc}") from exc
+
+
+def _scan_orders_tried(
+    cfg: Mapping[str, Any],
+    cache_dir: Path,
+    checkpoint: str | Path,
+    loader: Iterable[Any],
+    baseline_val_loss: float,
+    tol: float,
+    dev: torch.device,
+) -> dict[str, Any]:
+    """The same batches under each scan order (:mod:`aqnet.gates.scan_candidates`)."""
+    from aqnet.gates.scan_candidates import evaluate_scan_orders
+
+    return evaluate_scan_orders(
+        cfg, cache_dir, checkpoint, loader, baseline_val_loss=baseline_val_loss, rtol=tol,
+        device=dev,
+    )  # fmt: skip
 
 
 def _last_stage(shapes: Mapping[str, Any]) -> str:
@@ -274,11 +296,14 @@ def smoke_forward(
     report["val_loss_rel_diff"] = rel
     tol = gates["val_loss_rtol"]
     if abs(rel) > tol:
+        orders = _scan_orders_tried(cfg, cache_dir, checkpoint, loader, baseline_val_loss, tol, dev)
+        report["scan_orders"] = orders
         raise StageFailure(
             f"smoke_forward: validation loss {val_loss:.3f} vs the baseline's "
             f"{baseline_val_loss:.3f} ({rel:+.0%}, tolerance {tol:.0%}) over {n_samples} "
             "validation samples: the weights are not the baseline's, or the cache (data, "
-            "normalisation, variables) differs from the one the baseline was trained on"
+            "normalisation, variables) differs from the one the baseline was trained on; "
+            + orders["summary"]
         )
     report["reason"] = (
         f"{n_samples} validation samples in {len(losses)} batch(es) on {dev}: output "
