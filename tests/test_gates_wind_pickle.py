@@ -197,3 +197,16 @@ def test_reference_mode_fails_when_the_model_would_scan_otherwise(
     monkeypatch.setattr(wind_scan, "reference_permutation", off_by_one_swap)
     with pytest.raises(StageFailure, match=r"differs from the reference rule .* region 5, slot 42"):
         verify_wind_order(tiny_cache, two_runs[0], cfg=_reference_config(tiny_config))
+
+
+def test_cli_with_the_config_checks_what_will_run(tiny_cache, tiny_config, two_runs, tmp_path):
+    from aqnet.config import dump_config, variant_config
+
+    cfg_path = tmp_path / "baseline.yaml"
+    dump_config(variant_config(_reference_config(tiny_config), "default"), cfg_path)
+    out = tmp_path / "verify.json"
+    args = ["verify-wind-order", "--cache", str(tiny_cache), "--reference", str(two_runs[1])]
+    assert main([*args, "--config", str(cfg_path), "--report", str(out)]) == 0
+    saved = json.loads(out.read_text())
+    assert saved["applied_orders"]["tables_used"] is False
+    assert "recomputed from each sample's wind and equal the reference rule" in saved["reason"]

@@ -120,8 +120,8 @@ def expected_counts(variants: int, *, train_baseline: bool = True) -> dict[str, 
     if not train_baseline:
         del counts["train_baseline"]
     counts.update({rule: variants for rule in VARIANT_RULES})
-    # data, baseline and report scopes; the baseline scope only when it is trained
-    counts.update(resolve_shared_config=3 if train_baseline else 2, report=1, all=1)
+    # data, wind_order, baseline and report scopes; the baseline scope only when it is trained
+    counts.update(resolve_shared_config=4 if train_baseline else 3, report=1, all=1)
     return counts
 
 
@@ -215,7 +215,7 @@ def test_until_validate_short_stops_before_the_expensive_stages(
     counts = job_counts(result.stdout)
     assert counts["validate_short"] == 2 and counts["smoke_forward"] == 2
     assert not {"finetune", "evaluate", "report", "all"} & set(counts)
-    assert counts["resolve_shared_config"] == 2  # data and baseline, not the report's
+    assert counts["resolve_shared_config"] == 3  # data, wind_order and baseline, not the report's
 
 
 def test_given_baseline_checkpoint_skips_train_baseline(

@@ -73,6 +73,15 @@ SHARED_SCOPES = {
         "baseline.train",
         "validation",
     ),
+    # verify_wind_order (in wind_scan reference mode it recomputes the validation samples' orders)
+    "wind_order": (
+        "results_dir",
+        "data",
+        "grid",
+        "lead_times_h",
+        "model",
+        "validation",
+    ),
     # report (everything but the variants: it is given their folders)
     "report": (
         "results_dir",

@@ -7,6 +7,8 @@ rule verify_wind_order:
     input:
         cache=rules.build_cache.output.meta,
         reference=reference_orders(),
+        # the model section: in wind_scan reference mode the applied orders are checked
+        config=expand(rules.resolve_shared_config.output.config, scope="wind_order"),
     output:
         report=result("gates/verify_wind_order.json"),
     log:
@@ -23,7 +25,7 @@ rule verify_wind_order:
         cache_dir=input_dir("cache"),
     shell:
         "{params.launcher}aqnet verify-wind-order --cache {params.cache_dir}"
-        " --reference {input.reference}"
+        " --reference {input.reference} --config {input.config}"
         " --report {output.report} --report-copy {log.report} > {log.log} 2>&1"
         " || {{ grep -h '^verify_wind_order: FAIL' {log.log} >&2 || tail -n 20 {log.log} >&2;"
         " echo 'verify_wind_order failed: report kept at {log.report}, log at {log.log}' >&2;"

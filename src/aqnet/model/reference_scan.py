@@ -4,8 +4,10 @@ The baseline to fine-tune was trained by the researchers' code, whose patch embe
 tokens with ``CachedWindScanning.apply_regional_wind_reordering_32x32_optimized``. That method is
 defined three times in ``src/wind_scanning_cached.py``; Python keeps the **last** definition, and
 that is what ran. Line numbers below are of ``AmmarKheder/TopoFlow`` at commit
-``a962ae077fed6730ef0bcd114b374c39b96fdd5e`` (abbreviated ``a962ae0``; the same code is in
-``AmmarKheder/aq_net2_baseline`` at commit ``4b08a7c46bfd235939778f2f9deea6f95df18354``):
+``a962ae077fed6730ef0bcd114b374c39b96fdd5e`` (abbreviated ``a962ae0``), counted from the file's
+first line; the file in ``AmmarKheder/aq_net2_baseline`` at commit
+``4b08a7c46bfd235939778f2f9deea6f95df18354`` ends with the same last definition and the same
+``apply_cached_wind_reordering``, at other line numbers:
 
 * ``src/wind_scanning_cached.py`` 547-617: the last definition (the first two are at 305 and
   407). It is called from ``apply_cached_wind_reordering`` (669-687, ``regional_mode`` truthy),
