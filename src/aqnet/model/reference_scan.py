@@ -115,9 +115,12 @@ def _layout(
 
 
 def region_angles(
-    u: torch.Tensor, v: torch.Tensor, *, grid_patches: tuple[int, int],
+    u: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    grid_patches: tuple[int, int],
     region_patches: tuple[int, int],
-) -> torch.Tensor:  # fmt: skip
+) -> torch.Tensor:
     """Speed-weighted mean wind angle of every region (quirk 3), batched.
 
     Args:
@@ -167,9 +170,12 @@ def local_projections(
 
 
 def reference_permutation(
-    u: torch.Tensor, v: torch.Tensor, *, grid_patches: tuple[int, int],
+    u: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    grid_patches: tuple[int, int],
     region_patches: tuple[int, int] = (2, 4),
-) -> torch.Tensor:  # fmt: skip
+) -> torch.Tensor:
     """The researchers' token permutation for a batch: one batched computation, no loop.
 
     Args:
@@ -192,9 +198,12 @@ def reference_permutation(
 
 
 def reference_permutation_loop(
-    u: torch.Tensor, v: torch.Tensor, *, grid_patches: tuple[int, int],
+    u: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    grid_patches: tuple[int, int],
     region_patches: tuple[int, int] = (2, 4),
-) -> torch.Tensor:  # fmt: skip
+) -> torch.Tensor:
     """The same permutation computed the way the reference code does: one sample and one region at
     a time, a scalar angle per region (``float`` of a 0-D tensor), Python ``math`` and a stable
     Python sort. The oracle that :func:`reference_permutation` is tested and gated against, and the
