@@ -152,6 +152,11 @@ def test_grids_the_rule_cannot_tile_are_refused():
         reference_permutation(torch.zeros(1, 16, 20), torch.zeros(1, 16, 20), grid_patches=(8, 10))
 
 
+def test_a_model_on_such_a_grid_is_refused_when_built():
+    with pytest.raises(ValueError, match=r"patch grid 1x16 needs at least 2 rows"):
+        Forecaster(tiny(img_size=(2, 32), wind_scan="reference", region_patches=(1, 4)))
+
+
 def test_reordering_before_or_after_the_variable_aggregation_is_the_same():
     """The reference reorders (B, V, L, D) before the aggregation, aqnet (B, L, D) after it."""
     torch.manual_seed(0)

@@ -114,6 +114,13 @@ def _layout(
     return hp, wp, rh, rw, nrh, nrw, h // nrh, w // nrw
 
 
+def check_grid(
+    grid_patches: tuple[int, int], region_patches: tuple[int, int], img_hw: tuple[int, int]
+) -> None:
+    """Raise ``ValueError`` (naming the sizes) unless the rule can run on this grid."""
+    _layout(grid_patches, region_patches, img_hw)
+
+
 def region_angles(
     u: torch.Tensor,
     v: torch.Tensor,

@@ -37,7 +37,7 @@ import math
 import torch
 from torch import nn
 
-from aqnet.model.reference_scan import reference_permutation
+from aqnet.model.reference_scan import check_grid, reference_permutation
 from aqnet.model.shapes import check_shape
 from aqnet.orders import N_SECTORS, SECTOR_DEG, build_orders
 
@@ -77,6 +77,8 @@ class WindScan(nn.Module):
         self.grid_patches = (self.img_size[0] // patch_size, self.img_size[1] // patch_size)
         self.u_index, self.v_index = int(u_index), int(v_index)
         self.wind_norm = tuple(float(w) for w in wind_norm)
+        if mode == "reference":
+            check_grid(self.grid_patches, self.region_patches, self.img_size)
         orders = build_orders(self.grid_patches, region_patches=self.region_patches)
         glob = torch.from_numpy(orders["global"])  # (16, N)
         regional = torch.from_numpy(orders["regional"])  # (16, R, P)
