@@ -210,3 +210,14 @@ def test_cli_with_the_config_checks_what_will_run(tiny_cache, tiny_config, two_r
     saved = json.loads(out.read_text())
     assert saved["applied_orders"]["tables_used"] is False
     assert "recomputed from each sample's wind and equal the reference rule" in saved["reason"]
+
+
+@pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
+def test_every_pickle_protocol_reads_to_the_same_content(tmp_path: Path, protocol: int):
+    path = write(tmp_path / "wind_scanner_cache.pkl", researchers_cache(), protocol=protocol)
+    tables = read_tables(path)
+    assert tables.kind == "pickle" and tables.grid["regions_h"] == RH
+    assert tables.tables["global"].shape == (16, HP * WP)
+    assert tables.tables["regional"].shape == (16, RH * RW, 8)
+    reference = read_tables(write(tmp_path / "p4.pkl", researchers_cache(), protocol=4))
+    assert tables.content_digest() == reference.content_digest()
