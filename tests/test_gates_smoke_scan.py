@@ -71,6 +71,9 @@ def test_the_trained_order_is_named_when_the_loss_is_missed(
     assert tried["candidates"]["regional"]["val_loss"] == pytest.approx(report["val_loss"])
     for mode in ("off", "global", "regional"):
         assert abs(tried["candidates"][mode]["rel_diff"]) > 1e-5
+    assert "the baseline was trained with another token order than wind_scan 'regional'" in str(
+        err.value
+    )
     assert str(err.value).endswith(
         f"wind_scan 'reference' reproduces the recorded {val_loss:.3f}, so the baseline was "
         "trained with that order"

@@ -133,9 +133,14 @@ def _scan_orders_tried(
     from aqnet.gates.scan_candidates import evaluate_scan_orders
 
     return evaluate_scan_orders(
-        cfg, cache_dir, checkpoint, loader, baseline_val_loss=baseline_val_loss, rtol=tol,
+        cfg,
+        cache_dir,
+        checkpoint,
+        loader,
+        baseline_val_loss=baseline_val_loss,
+        rtol=tol,
         device=dev,
-    )  # fmt: skip
+    )
 
 
 def _last_stage(shapes: Mapping[str, Any]) -> str:
@@ -298,12 +303,17 @@ def smoke_forward(
     if abs(rel) > tol:
         orders = _scan_orders_tried(cfg, cache_dir, checkpoint, loader, baseline_val_loss, tol, dev)
         report["scan_orders"] = orders
+        cause = (
+            f"the baseline was trained with another token order than wind_scan "
+            f"{cfg['model']['wind_scan']!r}"
+            if orders["reproduced_by"]
+            else "the weights are not the baseline's, or the cache (data, normalisation, "
+            "variables) differs from the one the baseline was trained on"
+        )
         raise StageFailure(
             f"smoke_forward: validation loss {val_loss:.3f} vs the baseline's "
             f"{baseline_val_loss:.3f} ({rel:+.0%}, tolerance {tol:.0%}) over {n_samples} "
-            "validation samples: the weights are not the baseline's, or the cache (data, "
-            "normalisation, variables) differs from the one the baseline was trained on; "
-            + orders["summary"]
+            f"validation samples: {cause}; {orders['summary']}"
         )
     report["reason"] = (
         f"{n_samples} validation samples in {len(losses)} batch(es) on {dev}: output "
