@@ -4,6 +4,7 @@
   :func:`from_pipeline_config`, :func:`baseline_of`;
 * :mod:`~aqnet.model.forecaster` - :class:`Forecaster` and :func:`count_parameters`;
 * one concept per module: :mod:`~aqnet.model.patch_embed`, :mod:`~aqnet.model.wind_scan`,
+  :mod:`~aqnet.model.reference_scan` (the researchers' scan rule),
   :mod:`~aqnet.model.aggregation`, :mod:`~aqnet.model.embeddings`,
   :mod:`~aqnet.model.attention`, :mod:`~aqnet.model.elevation_attention`,
   :mod:`~aqnet.model.blocks`, :mod:`~aqnet.model.head`, :mod:`~aqnet.model.shapes`;
