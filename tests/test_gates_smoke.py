@@ -26,7 +26,7 @@ from aqnet.gates import smoke_forward
 from aqnet.losses import masked_sq_err_sums
 from aqnet.model import Forecaster, baseline_of, from_pipeline_config
 from aqnet.model.blocks import TopoFlowBlock
-from aqnet.model.compat import save_lightning_checkpoint
+from aqnet.checkpoint import save_lightning_checkpoint
 from aqnet.model.head import Head
 from aqnet.orders import build_orders, grid_params, save_orders
 from aqnet.stage import StageFailure

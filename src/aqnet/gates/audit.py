@@ -2,13 +2,13 @@
 
 The fine-tune model of the resolved config is built
 (:func:`aqnet.model.presets.from_pipeline_config` with the cache's statistics) and the checkpoint
-is loaded through :func:`aqnet.model.compat.load_weights` - the same code every later stage loads
+is loaded through :func:`aqnet.checkpoint.load_weights` - the same code every later stage loads
 weights with, so what was audited is what trains.
 
 It passes only when the model's keys missing from the checkpoint are exactly the expected new
 TopoFlow parameters (``gates.expected_missing_keys``, by default ``model.topoflow_keys()``),
 nothing is unexpected and no shape differs. The report holds the
-:class:`~aqnet.model.compat.LoadReport` (loaded / missing / unexpected / shape-mismatched keys,
+:class:`~aqnet.checkpoint.LoadReport` (loaded / missing / unexpected / shape-mismatched keys,
 per-module groups with parameter counts, prefix rules, hyper-parameters) and the baseline's
 recorded validation loss.
 """
@@ -21,7 +21,7 @@ from typing import Any
 
 from torch import nn
 
-from aqnet.model.compat import CheckpointError, load_weights
+from aqnet.checkpoint import CheckpointError, load_weights
 from aqnet.stage import StageFailure
 
 
@@ -70,7 +70,7 @@ def audit_checkpoint(
 
     Returns:
         The report: ``checkpoint``, ``variant``, ``expected_missing``, ``load`` (the
-        :class:`~aqnet.model.compat.LoadReport` as a dict), ``module_summary``,
+        :class:`~aqnet.checkpoint.LoadReport` as a dict), ``module_summary``,
         ``baseline_val_loss`` (``baseline.val_loss`` of the config, else the checkpoint's),
         ``reason``.
 

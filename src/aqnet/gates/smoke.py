@@ -1,7 +1,7 @@
 """Gate ``smoke_forward``: real validation batches through the real DataLoader and the model.
 
 On whatever device is there, with the weights loaded through
-:func:`aqnet.model.compat.load_weights` (the audited path):
+:func:`aqnet.checkpoint.load_weights` (the audited path):
 
 1. the model's wind scan orders are the cache's (canonical digest of ``model.wind_orders()`` /
    ``model.orders_params()`` against the cache's ``wind_orders.npz``) and its ``wind_scan`` mode is
@@ -37,7 +37,7 @@ from torch import nn
 from aqnet.gates.audit import build_model, expected_missing_keys
 from aqnet.gates.wind_order import ORDERS_FILE
 from aqnet.losses import masked_sq_err_sums
-from aqnet.model.compat import CheckpointError, load_weights
+from aqnet.checkpoint import CheckpointError, load_weights
 from aqnet.orders import OrdersFileError, load_orders, orders_digest
 from aqnet.stage import StageFailure
 

@@ -81,7 +81,7 @@ def build_models(
     compares against the baseline as it was trained; a checkpoint without one takes the config's
     model (``baseline_of`` it for the baseline). The attention implementation always follows the
     config (it is a choice of kernel, not of weights). Both loads go through
-    :func:`aqnet.model.compat.load_weights` and must be clean: nothing missing, nothing unexpected.
+    :func:`aqnet.checkpoint.load_weights` and must be clean: nothing missing, nothing unexpected.
 
     Returns:
         ``(baseline, finetuned, info)``, ``info`` saying where each configuration came from and
@@ -89,7 +89,7 @@ def build_models(
     """
     from aqnet.data import load_stats
     from aqnet.model import Forecaster, ModelConfig, baseline_of, from_pipeline_config
-    from aqnet.model.compat import load_weights, read_checkpoint
+    from aqnet.checkpoint import load_weights, read_checkpoint
 
     pipeline_mcfg = from_pipeline_config(cfg, stats=load_stats(cache_dir))
     info: dict[str, Any] = {}

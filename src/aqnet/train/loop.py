@@ -29,7 +29,7 @@ Stage outputs (``out_dir``, rank 0): ``baseline`` - ``baseline.ckpt`` (Lightning
 of the best validation and that loss) and ``wind_orders.npz``; ``finetune`` - ``final.ckpt``
 (Lightning layout, the final weights and their validation loss) and ``summary.json``; every
 stage - ``metrics.csv``. The fine-tune and ``validate_short`` start from ``init_checkpoint``,
-loaded only through :func:`aqnet.model.compat.load_weights` (the audited path).
+loaded only through :func:`aqnet.checkpoint.load_weights` (the audited path).
 
 ``validate_short`` runs the fine-tune's first ``gates.validate_short_steps`` steps with the full
 run's schedule and per-rank batch (``finetune.batch_size / (launch.nodes x tasks_per_node)``), so
@@ -428,7 +428,7 @@ class _Trainer:
 
     def _load_init(self, path: Path) -> dict[str, Any]:
         from aqnet.gates.audit import expected_missing_keys
-        from aqnet.model.compat import load_weights
+        from aqnet.checkpoint import load_weights
 
         expected = expected_missing_keys(self.cfg, self.model)
         report = load_weights(self.model, path, expected_missing=expected)
@@ -729,7 +729,7 @@ class _Trainer:
             write_metrics(self.out_dir / "metrics.csv", self.rows, self.columns)
 
     def _write_outputs(self) -> dict[str, str]:
-        from aqnet.model.compat import save_lightning_checkpoint
+        from aqnet.checkpoint import save_lightning_checkpoint
         from aqnet.orders import save_orders
 
         outputs = {"metrics": str(self.out_dir / "metrics.csv")}
