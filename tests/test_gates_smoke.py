@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 
+from aqnet.checkpoint import save_lightning_checkpoint
 from aqnet.cli import main
 from aqnet.config import POLLUTANTS, dump_config, variant_config
 from aqnet.data import CacheDataset, load_stats, validation_indices
@@ -26,7 +27,6 @@ from aqnet.gates import smoke_forward
 from aqnet.losses import masked_sq_err_sums
 from aqnet.model import Forecaster, baseline_of, from_pipeline_config
 from aqnet.model.blocks import TopoFlowBlock
-from aqnet.checkpoint import save_lightning_checkpoint
 from aqnet.model.head import Head
 from aqnet.orders import build_orders, grid_params, save_orders
 from aqnet.stage import StageFailure

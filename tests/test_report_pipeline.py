@@ -45,9 +45,9 @@ def run_cli(argv: list[str]) -> tuple[int, str]:
 def setup(tiny_config: dict[str, Any], tiny_cache: Path, tmp_path_factory) -> dict[str, Any]:
     """A resolved config for small evaluations and three checkpoints: the baseline, a fine-tune
     with the baseline's weights and alpha = 0, and the same with alpha = ``ALPHA``."""
+    from aqnet.checkpoint import load_weights, save_lightning_checkpoint
     from aqnet.data import load_stats
     from aqnet.model import Forecaster, baseline_of, from_pipeline_config
-    from aqnet.checkpoint import load_weights, save_lightning_checkpoint
 
     root = tmp_path_factory.mktemp("report_pipeline")
     cfg = copy.deepcopy(tiny_config)
@@ -148,10 +148,10 @@ def test_evaluate_writes_the_layout(setup, evaluations):
 
 def test_evaluate_matches_the_training_loss(setup, evaluations):
     """Per-sample MSE of the first item = aqnet.losses.masked_mse of the baseline on it."""
+    from aqnet.checkpoint import load_weights, read_checkpoint
     from aqnet.data import CacheDataset
     from aqnet.losses import masked_mse
     from aqnet.model import Forecaster, ModelConfig
-    from aqnet.checkpoint import load_weights, read_checkpoint
 
     ds = open_evaluation(evaluations["alpha"])
     data = CacheDataset(setup["cache"], "val", lead_times_h=(12, 24, 48, 96))

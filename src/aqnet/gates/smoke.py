@@ -34,10 +34,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from aqnet.checkpoint import CheckpointError, load_weights
 from aqnet.gates.audit import build_model, expected_missing_keys
 from aqnet.gates.wind_order import ORDERS_FILE
 from aqnet.losses import masked_sq_err_sums
-from aqnet.checkpoint import CheckpointError, load_weights
 from aqnet.orders import OrdersFileError, load_orders, orders_digest
 from aqnet.stage import StageFailure
 

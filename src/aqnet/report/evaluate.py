@@ -87,9 +87,9 @@ def build_models(
         ``(baseline, finetuned, info)``, ``info`` saying where each configuration came from and
         the baseline checkpoint's recorded val_loss.
     """
+    from aqnet.checkpoint import load_weights, read_checkpoint
     from aqnet.data import load_stats
     from aqnet.model import Forecaster, ModelConfig, baseline_of, from_pipeline_config
-    from aqnet.checkpoint import load_weights, read_checkpoint
 
     pipeline_mcfg = from_pipeline_config(cfg, stats=load_stats(cache_dir))
     info: dict[str, Any] = {}

@@ -427,8 +427,8 @@ class _Trainer:
     # ------------------------------------------------------------------------------------
 
     def _load_init(self, path: Path) -> dict[str, Any]:
-        from aqnet.gates.audit import expected_missing_keys
         from aqnet.checkpoint import load_weights
+        from aqnet.gates.audit import expected_missing_keys
 
         expected = expected_missing_keys(self.cfg, self.model)
         report = load_weights(self.model, path, expected_missing=expected)
