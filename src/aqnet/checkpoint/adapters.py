@@ -141,19 +141,19 @@ class _ReferenceAdapter(StateDictAdapter):
                 weights[key] = tensor
         if out.buffers:
             out.rules.append(f"took {', '.join(sorted(out.buffers))} as data, not as weights")
-        # Their wrapper prefix, removed only from the keys that carry it: a key without it is
-        # reported as unexpected (and the partial prefix named), never guessed at.
-        carrying = [k for k in weights if k.startswith(self.prefix)]
-        if carrying:
-            out.rules.append(
-                f"removed {self.prefix!r} from {len(carrying)} of {len(weights)} weight keys"
+        # Their wrapper prefix: a key without it is outside the layout, reported as unexpected
+        # (and the partial prefix named), never loaded even when its name matches the model's.
+        out.unexplained = [k for k in weights if not k.startswith(self.prefix)]
+        if out.unexplained:
+            out.prefix_notes.append(
+                f"{len(weights) - len(out.unexplained)} of {len(weights)} weight keys start with "
+                f"{self.prefix!r} but {out.unexplained[0]!r} does not, so it is not part of the "
+                f"{self.name} layout and was not loaded"
             )
-        out.prefix_notes = [
-            f"{len(carrying)} of {len(weights)} weight keys start with {self.prefix!r} but "
-            f"{k!r} does not, so it was not renamed"
-            for k in [k for k in weights if not k.startswith(self.prefix)][:1]
-        ]
-        sd = {k.removeprefix(self.prefix): v for k, v in weights.items()}
+        out.rules.append(f"removed {self.prefix!r} from the weight keys")
+        sd = {
+            k.removeprefix(self.prefix): v for k, v in weights.items() if k.startswith(self.prefix)
+        }
 
         ckpt_vars, source = self._checkpoint_variables(hyper_parameters, config_variables)
         if ckpt_vars is None:
@@ -260,13 +260,6 @@ class TrainingCodeAdapter(_ReferenceAdapter):
     @classmethod
     def recognises(cls, keys: Collection[str]) -> bool:
         return any("climax.token_embeds." in k for k in keys)
-
-    def _convert(
-        self, key: str, tensor: torch.Tensor, perm: Sequence[int], out: Adapted
-    ) -> tuple[str | None, torch.Tensor]:
-        if key.startswith("model.") and not key.startswith("model.climax."):
-            return key, tensor  # e.g. a stray model.<x>: unexplained, reported as unexpected
-        return super()._convert(key, tensor, perm, out)
 
 
 class ReleaseAdapter(_ReferenceAdapter):

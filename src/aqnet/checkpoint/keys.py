@@ -44,6 +44,8 @@ class Adapted:
         checkpoint_variables: the checkpoint's channel order (aqnet names), when known.
         variables_source: where that order came from.
         target_variables: the variables ``target_indices`` selects, when present.
+        unexplained: checkpoint keys outside the layout (e.g. lacking its prefix): never loaded,
+            even when their name happens to be one of the model's, and reported as unexpected.
     """
 
     adapter: str
@@ -56,6 +58,7 @@ class Adapted:
     checkpoint_variables: list[str] | None = None
     variables_source: str | None = None
     target_variables: list[str] | None = None
+    unexplained: list[str] = dataclasses.field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         """A JSON-ready view (tensors described by shape and dtype)."""
@@ -72,6 +75,7 @@ class Adapted:
             "checkpoint_variables": self.checkpoint_variables,
             "variables_source": self.variables_source,
             "target_variables": self.target_variables,
+            "unexplained": list(self.unexplained),
         }
 
 

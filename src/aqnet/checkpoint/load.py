@@ -187,7 +187,7 @@ def compare_state_dicts(
             )
         else:
             loaded.append(key)
-    unexpected = [k for k in ckpt_sd if k not in model_sd]
+    unexpected = [k for k in ckpt_sd if k not in model_sd] + list(adapted.unexplained)
 
     groups: dict[str, ModuleGroup] = {}
     lists = _list_children(target)
@@ -233,7 +233,7 @@ def compare_state_dicts(
         groups=groups,
         loaded_parameters=sum(model_sd[k].numel() for k in loaded),
         model_parameters=sum(t.numel() for t in model_sd.values()),
-        checkpoint_keys=len(ckpt_sd),
+        checkpoint_keys=len(ckpt_sd) + len(adapted.unexplained),
         val_loss=contents.val_loss,
         val_loss_source=contents.val_loss_source,
         global_step=contents.global_step,

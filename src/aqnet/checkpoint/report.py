@@ -180,7 +180,7 @@ def problems(report: LoadReport, model_keys: set[str]) -> list[str]:
     for key, hint in _HINTS.items():
         if key in report.unexpected:
             found.append(f"{key!r} is in the checkpoint but not in the model: {hint}")
-        elif key in report.missing and key not in expected:
+        elif key in report.missing and key not in expected and not report.prefix_notes:
             found.append(f"{key!r} is in the model but not in the checkpoint: {_UNHINTS[key]}")
 
     not_in_model = sorted(expected - model_keys)

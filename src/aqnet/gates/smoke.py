@@ -180,7 +180,12 @@ def smoke_forward(
     }
     report["wind_orders"] = _check_orders(model, cfg, cache_dir)
 
-    dataset = CacheDataset(cache_dir, "val", lead_times_h=tuple(cfg["lead_times_h"]))
+    dataset = CacheDataset(
+        cache_dir,
+        "val",
+        lead_times_h=tuple(cfg["lead_times_h"]),
+        in_variables=model.config.in_variables,
+    )
     # The items every validation pass of the pipeline evaluates (the baseline's recorded loss
     # included), spread evenly over the validation split.
     n_samples = min(int(cfg["validation"]["samples"]), len(dataset))

@@ -228,7 +228,9 @@ def evaluate(
     base.to(dev)
     fine.to(dev)
 
-    dataset = CacheDataset(cache_dir, split, lead_times_h=tuple(lead_times))
+    dataset = CacheDataset(
+        cache_dir, split, lead_times_h=tuple(lead_times), in_variables=base.config.in_variables
+    )
     infos = [dataset.sample_info(i) for i in range(len(dataset))]
     batch_size = int(rcfg["eval_batch_size"])
     n_items = None if rcfg["eval_batches"] is None else int(rcfg["eval_batches"]) * batch_size

@@ -57,6 +57,7 @@ from torch.utils.data import DataLoader
 
 from aqnet.config import POLLUTANTS
 from aqnet.losses import masked_mse, masked_sq_err_sums
+from aqnet.model.presets import input_variables
 from aqnet.stage import StageFailure, write_json
 from aqnet.train.distributed import DistContext, init_distributed
 from aqnet.train.metrics import Progress, metric_columns, write_metrics
@@ -317,12 +318,13 @@ class _Trainer:
             state_dir.mkdir(parents=True, exist_ok=True)
 
         # -- data ---------------------------------------------------------------------------
-        self.train_ds = CacheDataset(
-            cache_dir, "train", lead_times_h=tuple(self.lead_times), out_variables=POLLUTANTS
-        )
-        self.val_ds = CacheDataset(
-            cache_dir, "val", lead_times_h=tuple(self.lead_times), out_variables=POLLUTANTS
-        )
+        data_args = {
+            "lead_times_h": tuple(self.lead_times),
+            "out_variables": POLLUTANTS,
+            "in_variables": input_variables(cfg),  # the model's channel order
+        }
+        self.train_ds = CacheDataset(cache_dir, "train", **data_args)
+        self.val_ds = CacheDataset(cache_dir, "val", **data_args)
         # The pipeline's validation subset (the smoke_forward gate evaluates the same items).
         self.n_val = min(int(cfg["validation"]["samples"]), len(self.val_ds))
         self.steps_per_epoch = len(self.train_ds) // self.plan.global_batch
