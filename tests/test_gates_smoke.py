@@ -142,9 +142,9 @@ def test_perturbed_weights_fail_the_loss_comparison(
     assert abs(rel) > cfg["gates"]["val_loss_rtol"]
     assert str(err.value) == (
         f"smoke_forward: validation loss {got:.3f} vs the baseline's {val_loss:.3f} "
-        f"({rel:+.0%}, tolerance 10%) over 8 validation samples: the weights are not the "
-        "baseline's, or the cache (data, normalisation, variables) differs from the one the "
-        "baseline was trained on"
+        f"({rel:+.0%}, tolerance {cfg['gates']['val_loss_rtol']:.0%}) over 8 validation samples: "
+        "the weights are not the baseline's, or the cache (data, normalisation, variables) "
+        "differs from the one the baseline was trained on"
     )
     assert report["max_rel_diff"] < 1e-5  # it loads cleanly, the two models agree
 

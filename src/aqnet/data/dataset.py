@@ -25,7 +25,7 @@ depends neither on the number of ranks nor on the batch size.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -235,6 +235,13 @@ def make_loader(
         pin_memory=torch.cuda.is_available(),
         persistent_workers=num_workers > 0,
     )
+
+
+def validation_samples(cfg: Mapping[str, Any], n_items: int) -> int:
+    """``validation.samples`` of ``cfg`` as a count: ``"all"`` (or more than there are) is
+    ``n_items``, the whole validation split."""
+    wanted = cfg["validation"]["samples"]
+    return n_items if wanted == "all" else min(int(wanted), n_items)
 
 
 def validation_indices(n_items: int, n_samples: int, *, group: int = 1) -> list[int]:

@@ -3,6 +3,8 @@
 On whatever device is there, with the weights loaded through
 :func:`aqnet.checkpoint.load_weights` (the audited path):
 
+0. the cache is normalised as the baseline's data was
+   (:func:`aqnet.data.reference.check_cache_normalization`), else it fails before any batch;
 1. the model's wind scan orders are the cache's (canonical digest of ``model.wind_orders()`` /
    ``model.orders_params()`` against the cache's ``wind_orders.npz``) and its ``wind_scan`` mode is
    the config's;
@@ -14,7 +16,7 @@ On whatever device is there, with the weights loaded through
    ``gates.smoke_equal_rtol``;
 4. the masked MSE (normalised units, squared errors summed over all items and divided once) over
    the pipeline's one validation subset - ``validation.samples`` items evenly spaced over the
-   validation split (:func:`aqnet.data.validation_indices`) in batches of
+   validation split (:func:`aqnet.data.validation_indices`; ``all`` is the whole year) in batches of
    ``validation.batch_size`` - is within ``gates.val_loss_rtol`` of the baseline's recorded
    validation loss: a checkpoint that "loads" but gives 0.964 where 0.356 is expected fails here.
    The training loop validates on the same items, so a baseline trained by ``train_baseline``
@@ -148,7 +150,8 @@ def smoke_forward(
     Raises:
         StageFailure: naming the stage and the numbers.
     """
-    from aqnet.data import CacheDataset, make_validation_loader
+    from aqnet.data import CacheDataset, make_validation_loader, validation_samples
+    from aqnet.data.reference import PreprocessingError, check_cache_normalization
 
     report = {} if report is None else report
     gates = cfg["gates"]
@@ -188,7 +191,11 @@ def smoke_forward(
     )
     # The items every validation pass of the pipeline evaluates (the baseline's recorded loss
     # included), spread evenly over the validation split.
-    n_samples = min(int(cfg["validation"]["samples"]), len(dataset))
+    try:  # like with like: the cache must be normalised as the baseline's training data was
+        report["normalization"] = check_cache_normalization(cfg, dataset.stats, dataset.meta)
+    except PreprocessingError as exc:
+        raise StageFailure(f"smoke_forward: {exc}") from exc
+    n_samples = validation_samples(cfg, len(dataset))
     loader = make_validation_loader(
         dataset,
         n_samples=n_samples,

@@ -299,7 +299,12 @@ class _Trainer:
         resume: bool,
         usr1: threading.Event,
     ) -> None:
-        from aqnet.data import CacheDataset, load_stats, make_validation_loader
+        from aqnet.data import (
+            CacheDataset,
+            load_stats,
+            make_validation_loader,
+            validation_samples,
+        )
         from aqnet.model import Forecaster, baseline_of, from_pipeline_config
 
         self.cfg = cfg
@@ -326,7 +331,7 @@ class _Trainer:
         self.train_ds = CacheDataset(cache_dir, "train", **data_args)
         self.val_ds = CacheDataset(cache_dir, "val", **data_args)
         # The pipeline's validation subset (the smoke_forward gate evaluates the same items).
-        self.n_val = min(int(cfg["validation"]["samples"]), len(self.val_ds))
+        self.n_val = validation_samples(cfg, len(self.val_ds))
         self.steps_per_epoch = len(self.train_ds) // self.plan.global_batch
         if self.steps_per_epoch < 1:
             raise ValueError(
