@@ -30,7 +30,9 @@ def build_model(
 ) -> nn.Module:
     """The fine-tune (or, with ``baseline=True``, the baseline) model of a resolved config.
 
-    The wind normalisation comes from the cache's ``stats.json`` when ``cache_dir`` is given.
+    The wind normalisation comes from the cache's ``stats.json`` when ``cache_dir`` is given,
+    else from the normalisation table when ``data.normalization.source`` is ``table``, else it
+    is the identity.
     """
     from aqnet.model import Forecaster
     from aqnet.model.presets import baseline_of, from_pipeline_config
@@ -40,6 +42,10 @@ def build_model(
         from aqnet.data import load_stats
 
         stats = load_stats(cache_dir)
+    elif cfg.get("data", {}).get("normalization", {}).get("source") == "table":
+        from aqnet.data.reference import baseline_stats
+
+        stats, _ = baseline_stats(cfg)  # the given table: no cache needed
     mcfg = from_pipeline_config(cfg, stats=stats)
     return Forecaster(baseline_of(mcfg) if baseline else mcfg)
 
@@ -65,7 +71,9 @@ def audit_checkpoint(
         cfg: a resolved pipeline config (``aqnet.config.load_resolved``).
         checkpoint: the baseline checkpoint (Lightning layout, wrapped or plain state dict).
         cache_dir: the cache whose ``stats.json`` gives the wind normalisation (the model's
-            config then matches the one the baseline was trained with).
+            config then matches the one the baseline was trained with); it must be normalised
+            as the config says the baseline was. ``None`` with a normalisation table: no cache
+            is needed (a user holding only the checkpoint).
         report: a dict to fill (``aqnet.stage.run_stage`` passes its report); a new one if None.
 
     Returns:
@@ -79,6 +87,16 @@ def audit_checkpoint(
             then holds the load report too).
     """
     report = {} if report is None else report
+    if cache_dir is not None:  # a cache normalised otherwise than the baseline: refused here
+        from aqnet.data import load_stats, read_meta
+        from aqnet.data.reference import PreprocessingError, check_cache_normalization
+
+        try:
+            report["normalization"] = check_cache_normalization(
+                cfg, load_stats(cache_dir), read_meta(cache_dir)
+            )
+        except PreprocessingError as exc:
+            raise StageFailure(f"audit_checkpoint: {exc}") from exc
     model = build_model(cfg, cache_dir)
     expected = expected_missing_keys(cfg, model)
     report.update(
@@ -88,9 +106,15 @@ def audit_checkpoint(
         expected_missing=expected,
     )
     try:
-        load = load_weights(model, checkpoint, expected_missing=expected)
+        load = load_weights(
+            model,
+            checkpoint,
+            expected_missing=expected,
+            checkpoint_variables=cfg.get("baseline", {}).get("variables"),
+        )
     except CheckpointError as exc:
         if exc.report is not None:
+            report["adapter"] = exc.report.adapter
             report["load"] = exc.report.to_dict()
             report["module_summary"] = exc.report.summary_lines()
         raise StageFailure(str(exc)) from exc
@@ -107,7 +131,9 @@ def audit_checkpoint(
     new = ", ".join(load.missing) if load.missing else "none"
     val = report["baseline_val_loss"]
     val_text = f"{val:.4g}" if val is not None else "not recorded"
+    report["adapter"] = load.adapter
     report["reason"] = (
+        f"{load.adapter} layout: "
         f"{len(load.loaded)} of {len(load.loaded) + len(load.missing)} model keys loaded "
         f"({load.loaded_parameters:,} parameters), missing exactly the {len(load.missing)} "
         f"expected new parameter(s) ({new}), nothing unexpected{prefix}; baseline val_loss "
