@@ -120,3 +120,44 @@ def test_a_cache_normalised_otherwise_is_refused() -> None:
         check_cache_normalization(cfg, other, meta)
     with pytest.raises(PreprocessingError, match="keeps lat/lon 'normalized'"):
         check_cache_normalization(cfg, stats, {})  # a cache of aqnet's defaults
+
+
+def test_cache_with_the_baselines_preprocessing(tiny_config, demo_files, tiny_cache, tmp_path):
+    import copy
+
+    from aqnet.data import CacheDataset, build_cache, load_static, load_stats, read_meta
+
+    cfg = copy.deepcopy(tiny_config)
+    cfg["data"]["normalization"] = {
+        "source": "table",
+        "table": str(REPO / "config" / "reference_normalization.yaml"),
+    }
+    cfg["data"]["coordinates"] = "degrees"
+    given = np.zeros((16, 32))
+    given[4:12, 8:24] = 1.0
+    np.save(tmp_path / "mask.npy", given)
+    cfg["data"]["mask"] = {"source": "file", "file": str(tmp_path / "mask.npy")}
+    cache = build_cache(cfg, demo_files, tmp_path / "cache")
+
+    table, _ = baseline_stats(cfg)
+    assert load_stats(cache) == table
+    meta = read_meta(cache)
+    assert meta["normalization"]["source"] == "table" and meta["mask"]["source"] == "file"
+    check_cache_normalization(cfg, load_stats(cache), meta)
+    with pytest.raises(PreprocessingError):  # aqnet's default cache is not the baseline's
+        check_cache_normalization(cfg, load_stats(tiny_cache), read_meta(tiny_cache))
+    static, default_static = load_static(cache), load_static(tiny_cache)
+    np.testing.assert_array_equal(static["mask"], default_static["mask"] & (given > 0.5))
+
+    # The same physical fields under either normalisation; lat/lon in raw degrees.
+    ds = CacheDataset(cache, "val", in_variables=fx.AQNET_REFERENCE_ORDER)
+    ref = CacheDataset(tiny_cache, "val")
+    x, x_default = ds[3][0], ref[3][0]
+    default_stats = load_stats(tiny_cache)
+    for i, name in enumerate(fx.AQNET_REFERENCE_ORDER):
+        j = ref.in_variables.index(name)
+        physical = x_default[j] * default_stats[name]["std"] + default_stats[name]["mean"]
+        ours = x[i] * table[name]["std"] + table[name]["mean"]
+        torch.testing.assert_close(ours, physical, rtol=1e-4, atol=1e-3 * table[name]["std"])
+    lat = x[fx.AQNET_REFERENCE_ORDER.index("lat")]
+    np.testing.assert_allclose(lat[:, 0].numpy(), static["lat"], rtol=1e-6)

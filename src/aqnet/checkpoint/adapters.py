@@ -176,7 +176,7 @@ class _ReferenceAdapter(StateDictAdapter):
             (k for k in renamed if re.fullmatch(r"head\.\d+\.weight", k)),
             key=lambda k: int(k.split(".")[1]),
         )
-        if head:
+        if head and perm != list(range(len(perm))):
             last = head[-1].removesuffix(".weight")
             for suffix in ("weight", "bias"):
                 key = f"{last}.{suffix}"

@@ -127,7 +127,7 @@ def audit_checkpoint(
     report["baseline_val_loss_source"] = (
         "config baseline.val_loss" if configured is not None else load.val_loss_source
     )
-    prefix = f"; prefixes: {', '.join(load.prefix_rules)}" if load.prefix_rules else ""
+    prefix = f"; key rules: {', '.join(load.prefix_rules)}" if load.prefix_rules else ""
     new = ", ".join(load.missing) if load.missing else "none"
     val = report["baseline_val_loss"]
     val_text = f"{val:.4g}" if val is not None else "not recorded"
