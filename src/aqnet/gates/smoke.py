@@ -111,9 +111,19 @@ def _check_orders(model: nn.Module, cfg: Mapping[str, Any], cache_dir: Path) -> 
     return info
 
 
-def _load(model: nn.Module, checkpoint: str | Path, expected: list[str], which: str) -> Any:
+def _load(
+    model: nn.Module,
+    checkpoint: str | Path,
+    expected: list[str],
+    which: str,
+    variables: list[str] | None = None,
+) -> Any:
+    """``variables``: the checkpoint's channel order when it does not record one
+    (``baseline.variables``, as the audit used)."""
     try:
-        return load_weights(model, checkpoint, expected_missing=expected)
+        return load_weights(
+            model, checkpoint, expected_missing=expected, checkpoint_variables=variables
+        )
     except CheckpointError as exc:
         raise StageFailure(f"smoke_forward: loading the {which} model failed: {exc}") from exc
 
@@ -173,8 +183,9 @@ def smoke_forward(
     torch.manual_seed(SEED)
     model = build_model(cfg, cache_dir)
     base = build_model(cfg, cache_dir, baseline=True)
-    load = _load(model, checkpoint, expected_missing_keys(cfg, model), "fine-tune")
-    _load(base, checkpoint, list(base.topoflow_keys()), "baseline")
+    variables = cfg.get("baseline", {}).get("variables")
+    load = _load(model, checkpoint, expected_missing_keys(cfg, model), "fine-tune", variables)
+    _load(base, checkpoint, list(base.topoflow_keys()), "baseline", variables)
     report["load"] = {"module_summary": load.summary_lines(), "new_parameters": load.missing}
     report["alpha"] = {
         k: v.item() if v.numel() == 1 else v.cpu().tolist()

@@ -113,7 +113,12 @@ def build_models(
             )
         torch.manual_seed(SEED)
         model = Forecaster(mcfg)
-        load_weights(model, path, expected_missing=[])
+        load_weights(
+            model,
+            path,
+            expected_missing=[],
+            checkpoint_variables=cfg.get("baseline", {}).get("variables"),
+        )
         model.eval()
         models.append(model)
         info[f"{role}_model_config_source"] = source

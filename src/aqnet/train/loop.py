@@ -438,7 +438,12 @@ class _Trainer:
         from aqnet.gates.audit import expected_missing_keys
 
         expected = expected_missing_keys(self.cfg, self.model)
-        report = load_weights(self.model, path, expected_missing=expected)
+        report = load_weights(
+            self.model,
+            path,
+            expected_missing=expected,
+            checkpoint_variables=self.cfg.get("baseline", {}).get("variables"),
+        )
         if self.ctx.is_main:
             log.info(
                 "loaded %d tensors (%d parameters) from %s; new: %s",
