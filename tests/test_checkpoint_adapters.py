@@ -293,6 +293,13 @@ def test_wrong_number_of_variables_is_named(tmp_path, layout):
         load_weights(model, path)
 
 
+def test_other_targets_are_caught(tmp_path):
+    sd = fx.tensors(fx.training_code_shapes(), targets=("pm10", "pm25", "so2", "no2", "co", "o3"))
+    path = fx.write(tmp_path / "t.ckpt", fx.lightning_checkpoint(sd))
+    with pytest.raises(CheckpointError, match=r"the checkpoint predicts \['pm10', 'pm25'"):
+        load_weights(model_of(reference_config()), path)
+
+
 def test_a_learned_position_embedding_needs_the_model_option(tmp_path):
     path = training_checkpoint(tmp_path)
     model = model_of(reference_config(pos_embed="sincos"))

@@ -245,6 +245,13 @@ def compare_state_dicts(
         topoflow_loaded=[k for k in adapted.topoflow if k in loaded],
     )
     report.problems = problems(report, set(model_sd))
+    outputs = getattr(getattr(target, "config", None), "out_variables", None)
+    targets = adapted.target_variables
+    if targets is not None and outputs is not None and list(targets) != list(outputs):
+        report.problems.append(
+            f"the checkpoint predicts {targets} (target_indices) but the model predicts "
+            f"{list(outputs)}: their losses would not compare"
+        )
     return report
 
 

@@ -129,6 +129,9 @@ def audit_checkpoint(
     )
     prefix = f"; key rules: {', '.join(load.prefix_rules)}" if load.prefix_rules else ""
     new = ", ".join(load.missing) if load.missing else "none"
+    dropped = load.adaptation.get("dropped", {})
+    if dropped:
+        prefix += "; kept out: " + "; ".join(f"{k} ({why})" for k, why in dropped.items())
     val = report["baseline_val_loss"]
     val_text = f"{val:.4g}" if val is not None else "not recorded"
     report["adapter"] = load.adapter
