@@ -15,12 +15,12 @@ from typing import Any
 import pytest
 import torch
 
+from aqnet.checkpoint import load_weights, save_lightning_checkpoint
 from aqnet.cli import main
 from aqnet.config import dump_config, variant_config
 from aqnet.data import load_stats
 from aqnet.gates import audit_checkpoint
 from aqnet.model import Forecaster, baseline_of, from_pipeline_config
-from aqnet.model.compat import load_weights, save_lightning_checkpoint
 from aqnet.stage import StageFailure
 
 NEW_KEYS = ["blocks.0.attn.elevation_alpha", "blocks.0.attn.H_scale"]

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 
+from aqnet.checkpoint import save_lightning_checkpoint
 from aqnet.cli import main
 from aqnet.config import POLLUTANTS, dump_config, variant_config
 from aqnet.data import CacheDataset, load_stats, validation_indices
@@ -26,7 +27,6 @@ from aqnet.gates import smoke_forward
 from aqnet.losses import masked_sq_err_sums
 from aqnet.model import Forecaster, baseline_of, from_pipeline_config
 from aqnet.model.blocks import TopoFlowBlock
-from aqnet.model.compat import save_lightning_checkpoint
 from aqnet.model.head import Head
 from aqnet.orders import build_orders, grid_params, save_orders
 from aqnet.stage import StageFailure
@@ -142,9 +142,9 @@ def test_perturbed_weights_fail_the_loss_comparison(
     assert abs(rel) > cfg["gates"]["val_loss_rtol"]
     assert str(err.value).startswith(
         f"smoke_forward: validation loss {got:.3f} vs the baseline's {val_loss:.3f} "
-        f"({rel:+.0%}, tolerance 10%) over 8 validation samples: the weights are not the "
-        "baseline's, or the cache (data, normalisation, variables) differs from the one the "
-        "baseline was trained on; "
+        f"({rel:+.0%}, tolerance {cfg['gates']['val_loss_rtol']:.0%}) over 8 validation samples: "
+        "the weights are not the baseline's, or the cache (data, normalisation, variables) "
+        "differs from the one the baseline was trained on; "
     )
     assert str(err.value).endswith(
         f"none reproduces the recorded {val_loss:.3f}, so the token order is not what is wrong"

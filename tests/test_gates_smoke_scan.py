@@ -14,7 +14,7 @@ from aqnet.data import CacheDataset, load_stats, validation_indices
 from aqnet.gates import smoke_forward
 from aqnet.losses import masked_sq_err_sums
 from aqnet.model import Forecaster, baseline_of, from_pipeline_config
-from aqnet.model.compat import save_lightning_checkpoint
+from aqnet.checkpoint import save_lightning_checkpoint
 from aqnet.stage import StageFailure
 
 

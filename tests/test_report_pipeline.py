@@ -45,9 +45,9 @@ def run_cli(argv: list[str]) -> tuple[int, str]:
 def setup(tiny_config: dict[str, Any], tiny_cache: Path, tmp_path_factory) -> dict[str, Any]:
     """A resolved config for small evaluations and three checkpoints: the baseline, a fine-tune
     with the baseline's weights and alpha = 0, and the same with alpha = ``ALPHA``."""
+    from aqnet.checkpoint import load_weights, save_lightning_checkpoint
     from aqnet.data import load_stats
     from aqnet.model import Forecaster, baseline_of, from_pipeline_config
-    from aqnet.model.compat import load_weights, save_lightning_checkpoint
 
     root = tmp_path_factory.mktemp("report_pipeline")
     cfg = copy.deepcopy(tiny_config)
@@ -148,10 +148,10 @@ def test_evaluate_writes_the_layout(setup, evaluations):
 
 def test_evaluate_matches_the_training_loss(setup, evaluations):
     """Per-sample MSE of the first item = aqnet.losses.masked_mse of the baseline on it."""
+    from aqnet.checkpoint import load_weights, read_checkpoint
     from aqnet.data import CacheDataset
     from aqnet.losses import masked_mse
     from aqnet.model import Forecaster, ModelConfig
-    from aqnet.model.compat import load_weights, read_checkpoint
 
     ds = open_evaluation(evaluations["alpha"])
     data = CacheDataset(setup["cache"], "val", lead_times_h=(12, 24, 48, 96))
@@ -166,7 +166,7 @@ def test_evaluate_matches_the_training_loss(setup, evaluations):
 
 
 def test_models_without_a_stored_config_take_the_pipeline_config(setup, tmp_path):
-    from aqnet.model.compat import read_checkpoint
+    from aqnet.checkpoint import read_checkpoint
     from aqnet.report.evaluate import build_models
 
     plain = tmp_path / "plain.ckpt"
@@ -178,7 +178,7 @@ def test_models_without_a_stored_config_take_the_pipeline_config(setup, tmp_path
     assert info["baseline_checkpoint_val_loss"] is None  # a plain state dict records none
     assert list(base.config.topoflow_blocks) == [] and list(fine.config.topoflow_blocks) == [0]
     assert info["region_cells"] == [4, 8]
-    from aqnet.model.compat import CheckpointError
+    from aqnet.checkpoint import CheckpointError
 
     with pytest.raises(CheckpointError, match="does not fit the model"):
         build_models(setup["cfg"], setup["cache"], setup["alpha"], plain)  # swapped

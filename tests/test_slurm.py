@@ -38,6 +38,7 @@ from aqnet.config import validate_config, variant_config
 REPO = Path(__file__).resolve().parents[1]
 LUMI_PROFILE = REPO / "profiles" / "lumi" / "config.yaml"
 LUMI_CONFIG = REPO / "config" / "lumi.yaml"
+REFERENCE_CONFIG = REPO / "config" / "reference.yaml"
 RANK_SH = REPO / "profiles" / "lumi" / "rank.sh"
 BIN = Path(sys.executable).parent
 
@@ -113,14 +114,16 @@ def lumi_profile() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def lumi_config() -> dict[str, Any]:
-    """config/lumi.yaml merged over config.yaml as Snakemake merges them, then validated."""
+    """config.yaml, config/reference.yaml and config/lumi.yaml merged as Snakemake merges the
+    profile's config files, then validated."""
     from snakemake.utils import update_config
 
     with (REPO / "config.yaml").open() as fh:
         merged = yaml.safe_load(fh)
-    with LUMI_CONFIG.open() as fh:
-        update_config(merged, yaml.safe_load(fh))
-    return validate_config(merged, source="config.yaml + config/lumi.yaml")
+    for path in (REFERENCE_CONFIG, LUMI_CONFIG):
+        with path.open() as fh:
+            update_config(merged, yaml.safe_load(fh))
+    return validate_config(merged, source="config.yaml + config/reference.yaml + config/lumi.yaml")
 
 
 def test_lumi_config_is_the_real_run(lumi_config: dict[str, Any]) -> None:
@@ -149,7 +152,12 @@ def test_lumi_config_is_the_real_run(lumi_config: dict[str, Any]) -> None:
         demo = yaml.safe_load(fh)
     assert set(demo) <= set(own), f"config/lumi.yaml lacks the sections {set(demo) - set(own)}"
     assert lumi_config["variants"] == own["variants"]
-    assert lumi_config["model"] == validate_config({"model": own["model"]})["model"]
+    with REFERENCE_CONFIG.open() as fh:
+        reference = yaml.safe_load(fh)
+    model = {**reference["model"], **own["model"]}  # the baseline's model, then the run's keys
+    assert lumi_config["model"] == validate_config({"model": model})["model"]
+    assert lumi_config["data"]["normalization"]["source"] == "table"
+    assert lumi_config["validation"]["samples"] == "all"
     assert lumi_config["finetune"] == validate_config({"finetune": own["finetune"]})["finetune"]
 
 
@@ -159,7 +167,11 @@ def test_lumi_profile_maps_every_stage_within_lumi_limits(
     assert lumi_profile["executor"] == "slurm"
     assert lumi_profile["retries"] == 0
     assert lumi_profile["slurm-status-command"] == "sacct"
-    assert Path(REPO / lumi_profile["configfile"]) == LUMI_CONFIG
+    assert [REPO / p for p in lumi_profile["configfile"]] == [
+        REPO / "config.yaml",
+        REFERENCE_CONFIG,
+        LUMI_CONFIG,
+    ]
     # The account is set in one place: default-resources, never per rule.
     assert re.fullmatch(r"project_46\d{7}", lumi_profile["default-resources"]["slurm_account"])
     for rule, res in lumi_profile["set-resources"].items():
@@ -283,7 +295,8 @@ def lumi_dry_run(tmp_path_factory: pytest.TempPathFactory) -> str:
         str(BIN / "snakemake"),
         "--snakefile", str(REPO / "Snakefile"),
         "--profile", str(LUMI_PROFILE.parent),
-        "--configfile", str(LUMI_CONFIG), str(overlay),
+        "--configfile", str(REPO / "config.yaml"), str(REFERENCE_CONFIG), str(LUMI_CONFIG),
+        str(overlay),
         "-n", "-p",
     ]  # fmt: skip
     proc = subprocess.run(

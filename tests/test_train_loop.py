@@ -25,8 +25,8 @@ import numpy as np
 import pytest
 import torch
 
+from aqnet.checkpoint import load_weights, read_checkpoint
 from aqnet.config import dump_config, variant_config
-from aqnet.model.compat import load_weights, read_checkpoint
 from aqnet.orders import load_orders, orders_digest
 from aqnet.stage import read_json, run_stage
 from aqnet.train import REQUEUE_EXIT_CODE, TrainingDiverged, run_training

@@ -76,7 +76,7 @@ def test_two_variants_end_to_end(pipeline: tuple[Path, Path, str]) -> None:
             assert copy["reason"] == report["reason"]
     # Every validation pass evaluates the same samples: each variant's smoke gate, short run and
     # fine-tune start (alpha = 0) at the trained baseline's recorded val_loss, to float error.
-    from aqnet.model.compat import read_checkpoint
+    from aqnet.checkpoint import read_checkpoint
 
     recorded = read_checkpoint(workdir / "results/baseline/baseline.ckpt").val_loss
     assert recorded is not None
@@ -155,10 +155,10 @@ def test_forcerun_one_gate_runs_only_that_gate(pipeline_copy: tuple[Path, Path])
 
 def _one_layer_head_checkpoint(workdir: Path, out: Path) -> None:
     """A baseline checkpoint of the right model except for a 1-layer head (the real one has 3)."""
+    from aqnet.checkpoint import save_lightning_checkpoint
     from aqnet.config import load_resolved
     from aqnet.data import load_stats
     from aqnet.model import Forecaster
-    from aqnet.model.compat import save_lightning_checkpoint
     from aqnet.model.presets import baseline_of, from_pipeline_config
 
     cfg = load_resolved(workdir / "results/variants/default/config.yaml")

@@ -143,6 +143,32 @@ def dump_config(config: Mapping[str, Any], path: str | Path) -> None:
         yaml.safe_dump(dict(config), fh, sort_keys=False)
 
 
+def load_merged(paths: list[str | Path] | tuple[str | Path, ...]) -> dict[str, Any]:
+    """Several config files merged key by key in order (as Snakemake merges ``--configfile``s),
+    validated, in the variant ``default`` (or the only one they define).
+
+    Raises:
+        ConfigError: a missing or invalid file, or a merged config the schema refuses (naming
+            the files).
+    """
+    merged: dict[str, Any] = {}
+    for path in map(Path, paths):
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping, got {type(raw).__name__}")
+        merged = _deep_merge(merged, raw)
+    if len(paths) == 1 and "variant" in merged:
+        return load_resolved(paths[0])
+    cfg = validate_config(merged, source=" + ".join(str(p) for p in paths))
+    name = "default" if "default" in cfg["variants"] else next(iter(cfg["variants"]))
+    return variant_config(cfg, name)
+
+
 def load_resolved(path: str | Path) -> dict[str, Any]:
     """Read a config written by :func:`dump_config` (or a user's config.yaml) for one stage.
 

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
         make_loader,
         make_validation_loader,
         validation_indices,
+        validation_samples,
     )
     from aqnet.data.demo import make_demo_data
     from aqnet.data.io import DataValidationError, open_year, validate_year
@@ -43,6 +44,7 @@ _EXPORTS: dict[str, str] = {
     "make_loader": "aqnet.data.dataset",
     "make_validation_loader": "aqnet.data.dataset",
     "validation_indices": "aqnet.data.dataset",
+    "validation_samples": "aqnet.data.dataset",
 }
 
 __all__ = [
@@ -58,6 +60,7 @@ __all__ = [
     "read_meta",
     "validate_year",
     "validation_indices",
+    "validation_samples",
 ]
 
 

@@ -24,8 +24,10 @@ How it works, memory-bounded whatever the size of a year:
    is renamed into place, so a failed build never leaves a cache that looks complete.
 
 Channels: the 13 input variables (static ones repeated over time) and ``lat``/``lon``, the target
-grid's coordinates, normalised like every other channel. Statistics are taken over every cell of
-the target grid and every time step of the training years.
+grid's coordinates, normalised like every other channel (or kept in degrees: ``data.coordinates``).
+Statistics are taken over every cell of the target grid and every time step of the training years,
+or from a given table (``data.normalization``, :mod:`aqnet.data.reference`); ``meta.json`` records
+which, and which loss mask ``static.npz`` holds.
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ from aqnet.data.layout import (
     read_meta,
     year_file,
 )
+from aqnet.data.reference import baseline_stats, loss_mask
 from aqnet.data.regrid import Regridder, target_grid
 from aqnet.orders import build_orders, grid_params, save_orders
 from aqnet.stage import write_json
@@ -280,15 +283,17 @@ def _write_static(
     regridder: Regridder,
     lat: np.ndarray,
     lon: np.ndarray,
-) -> np.ndarray:
-    """``static.npz``: elevation in metres (not normalised), the domain mask, the coordinates."""
+    cfg: Mapping[str, Any],
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """``static.npz``: elevation in metres (not normalised), the loss mask (``data.mask``: the
+    data's domain, or the baseline's mask within it), the coordinates."""
     elev = ds["elevation"].isel(time=0) if info.time_varying["elevation"] else ds["elevation"]
     elev_values, _ = fill_nans(np.asarray(elev.values, dtype=np.float32))
     elevation_m = regridder(elev_values)
-    mask = regridder(info.mask.astype(np.float32)) >= 0.5
+    mask, record = loss_mask(cfg, regridder(info.mask.astype(np.float32)) >= 0.5)
     with path.open("wb") as fh:
         np.savez(fh, elevation_m=elevation_m, mask=mask, lat=lat, lon=lon)
-    return mask
+    return mask, record
 
 
 def _write_orders(
@@ -385,15 +390,17 @@ def build_cache(
             stats, constant = running.result(MODEL_VARIABLES)
             if constant:
                 log.warning("build_cache: constant training channels %s get std 1", constant)
+            # The baseline's normalisation: these statistics or a given table (data.reference).
+            stats, normalization = baseline_stats(cfg, stats)
             write_json(tmp / STATS_FILE, stats)
 
-            # 3. Normalise in place with the training statistics.
+            # 3. Normalise in place with the baseline's statistics.
             mean = np.array([stats[v]["mean"] for v in MODEL_VARIABLES])
             std = np.array([stats[v]["std"] for v in MODEL_VARIABLES])
             for year in years:
                 _normalise_in_place(tmp / year_file(year), mean, std, chunk_mb=chunk_mb)
-            mask = _write_static(
-                tmp / STATIC_FILE, datasets[years[0]], reference, regridder, lat, lon
+            mask, mask_record = _write_static(
+                tmp / STATIC_FILE, datasets[years[0]], reference, regridder, lat, lon, cfg
             )
 
             # 4. Wind scan orders for the model's patch grid.
@@ -438,7 +445,9 @@ def build_cache(
                 "mask": {
                     "variable": reference.mask_variable,
                     "fraction_inside": float(mask.mean()),
+                    **mask_record,
                 },
+                "normalization": normalization,
                 "constant_channels": constant,
                 "sources": {str(y): source_info(given[y]) for y in years},
                 "lead_times_h": lead_times,

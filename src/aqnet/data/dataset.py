@@ -25,7 +25,7 @@ depends neither on the number of ranks nor on the batch size.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,11 +47,14 @@ class CacheDataset(Dataset):
         split: ``"train"``, ``"val"`` or ``"test"``.
         lead_times_h: forecast lead times in hours (multiples of the cache's time step).
         out_variables: target channels, by name, in output order.
+        in_variables: the channels of ``x``, by name, in the model's input order
+            (``model.in_variables``); ``None`` keeps the cache's order.
 
     Attributes:
         stats: ``{var: {"mean", "std"}}`` of the cache.
         meta: the cache's ``meta.json``.
-        variables: the channel names of ``x`` (``meta["variables"]``).
+        variables: the cache's channel names (``meta["variables"]``).
+        in_variables: the channel names of ``x``, in order.
         out_variables, lead_times_h, years: as given / resolved.
 
     Raises:
@@ -67,6 +70,7 @@ class CacheDataset(Dataset):
         *,
         lead_times_h: Sequence[int] = (12, 24, 48, 96),
         out_variables: Sequence[str] = POLLUTANTS,
+        in_variables: Sequence[str] | None = None,
     ) -> None:
         self.cache_dir = Path(cache_dir)
         self.meta: dict[str, Any] = read_meta(self.cache_dir)
@@ -90,6 +94,18 @@ class CacheDataset(Dataset):
                 f"{self.variables}"
             )
         self.out_index = np.array([self.variables.index(v) for v in self.out_variables])
+        self.in_variables = self.variables if in_variables is None else tuple(in_variables)
+        if sorted(self.in_variables) != sorted(self.variables):
+            raise ValueError(
+                f"CacheDataset: in_variables {list(self.in_variables)} must order the cache's "
+                f"channels {list(self.variables)} exactly once each"
+            )
+        # None when x keeps the cache's order (a view, no copy per item).
+        self.in_index = (
+            None
+            if self.in_variables == self.variables
+            else np.array([self.variables.index(v) for v in self.in_variables])
+        )
         self.time_step_h = float(self.meta["time_step_h"])
         self.lead_times_h = tuple(int(h) for h in lead_times_h)
         if not self.lead_times_h:
@@ -163,7 +179,8 @@ class CacheDataset(Dataset):
         mask (H, W))``, all float32."""
         y, t, k = self.locate(index)
         arr = self._array(self.years[y])
-        x = torch.from_numpy(np.array(arr[t], dtype=np.float32))  # (V, H, W)
+        fields = arr[t] if self.in_index is None else arr[t, self.in_index]
+        x = torch.from_numpy(np.array(fields, dtype=np.float32))  # (V, H, W), model order
         target = np.array(arr[t + int(self.lead_steps[k]), self.out_index], dtype=np.float32)
         return (
             x,
@@ -218,6 +235,13 @@ def make_loader(
         pin_memory=torch.cuda.is_available(),
         persistent_workers=num_workers > 0,
     )
+
+
+def validation_samples(cfg: Mapping[str, Any], n_items: int) -> int:
+    """``validation.samples`` of ``cfg`` as a count: ``"all"`` (or more than there are) is
+    ``n_items``, the whole validation split."""
+    wanted = cfg["validation"]["samples"]
+    return n_items if wanted == "all" else min(int(wanted), n_items)
 
 
 def validation_indices(n_items: int, n_samples: int, *, group: int = 1) -> list[int]:

@@ -19,6 +19,10 @@ Examples::
         --checkpoint results/baseline/baseline.ckpt \\
         --report results/variants/default/audit_checkpoint.json
 
+    # the researchers' checkpoint alone, before any data or cache exists
+    aqnet audit-checkpoint --checkpoint BASELINE.ckpt \\
+        --config config.yaml config/reference.yaml --report audit.json
+
     aqnet smoke-forward --config results/variants/default/config.yaml --cache results/cache \\
         --checkpoint results/baseline/baseline.ckpt \\
         --audit results/variants/default/audit_checkpoint.json \\
@@ -75,16 +79,30 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_arguments_audit_checkpoint(parser: argparse.ArgumentParser) -> None:
-    _add_model_arguments(parser)
+    parser.add_argument(
+        "--config",
+        required=True,
+        nargs="+",
+        type=Path,
+        help="resolved config of the variant, or config files merged in order "
+        "(e.g. config.yaml config/reference.yaml)",
+    )
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        help="cache folder (stats.json); not needed when data.normalization.source is table",
+    )
+    parser.add_argument("--checkpoint", required=True, type=Path, help="the baseline checkpoint")
     add_report_arguments(parser)
 
 
 def run_audit_checkpoint(args: argparse.Namespace) -> int:
-    from aqnet.config import load_resolved
+    from aqnet.config import load_merged
     from aqnet.gates.audit import audit_checkpoint
 
     def check(report: dict[str, Any]) -> str:
-        cfg = load_resolved(args.config)
+        cfg = load_merged(args.config)
         return audit_checkpoint(cfg, args.checkpoint, cache_dir=args.cache, report=report)["reason"]
 
     return run_stage("audit_checkpoint", check, args.report, args.report_copy)

@@ -52,7 +52,7 @@ def evaluate_scan_orders(
         "summary": str}``.
     """
     from aqnet.gates.audit import build_model
-    from aqnet.model.compat import CheckpointError, load_weights
+    from aqnet.checkpoint import CheckpointError, load_weights
 
     out: dict[str, Any] = {"candidates": {}, "reproduced_by": []}
     for mode in CANDIDATES:
@@ -61,7 +61,12 @@ def evaluate_scan_orders(
         entry: dict[str, Any]
         try:
             model = build_model(variant, cache_dir, baseline=True)
-            load_weights(model, checkpoint, expected_missing=list(model.topoflow_keys()))
+            load_weights(
+                model,
+                checkpoint,
+                expected_missing=list(model.topoflow_keys()),
+                checkpoint_variables=cfg.get("baseline", {}).get("variables"),
+            )
         except (CheckpointError, ValueError) as exc:
             out["candidates"][mode] = {"error": str(exc), "reproduces": False}
             continue

@@ -1,8 +1,10 @@
 """Gate ``smoke_forward``: real validation batches through the real DataLoader and the model.
 
 On whatever device is there, with the weights loaded through
-:func:`aqnet.model.compat.load_weights` (the audited path):
+:func:`aqnet.checkpoint.load_weights` (the audited path):
 
+0. the cache is normalised as the baseline's data was
+   (:func:`aqnet.data.reference.check_cache_normalization`), else it fails before any batch;
 1. the model's wind scan orders are the cache's (canonical digest of ``model.wind_orders()`` /
    ``model.orders_params()`` against the cache's ``wind_orders.npz``) and its ``wind_scan`` mode is
    the config's (the orders are compared in the ``global`` / ``regional`` modes, whose tables are
@@ -15,7 +17,7 @@ On whatever device is there, with the weights loaded through
    ``gates.smoke_equal_rtol``;
 4. the masked MSE (normalised units, squared errors summed over all items and divided once) over
    the pipeline's one validation subset - ``validation.samples`` items evenly spaced over the
-   validation split (:func:`aqnet.data.validation_indices`) in batches of
+   validation split (:func:`aqnet.data.validation_indices`; ``all`` is the whole year) in batches of
    ``validation.batch_size`` - is within ``gates.val_loss_rtol`` of the baseline's recorded
    validation loss: a checkpoint that "loads" but gives 0.964 where 0.356 is expected fails here.
    The training loop validates on the same items, so a baseline trained by ``train_baseline``
@@ -37,10 +39,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from aqnet.checkpoint import CheckpointError, load_weights
 from aqnet.gates.audit import build_model, expected_missing_keys
 from aqnet.gates.wind_order import ORDERS_FILE
 from aqnet.losses import masked_sq_err_sums
-from aqnet.model.compat import CheckpointError, load_weights
 from aqnet.orders import OrdersFileError, load_orders, orders_digest
 from aqnet.stage import StageFailure
 
@@ -113,9 +115,19 @@ def _check_orders(model: nn.Module, cfg: Mapping[str, Any], cache_dir: Path) -> 
     return info
 
 
-def _load(model: nn.Module, checkpoint: str | Path, expected: list[str], which: str) -> Any:
+def _load(
+    model: nn.Module,
+    checkpoint: str | Path,
+    expected: list[str],
+    which: str,
+    variables: list[str] | None = None,
+) -> Any:
+    """``variables``: the checkpoint's channel order when it does not record one
+    (``baseline.variables``, as the audit used)."""
     try:
-        return load_weights(model, checkpoint, expected_missing=expected)
+        return load_weights(
+            model, checkpoint, expected_missing=expected, checkpoint_variables=variables
+        )
     except CheckpointError as exc:
         raise StageFailure(f"smoke_forward: loading the {which} model failed: {exc}") from exc
 
@@ -175,7 +187,8 @@ def smoke_forward(
     Raises:
         StageFailure: naming the stage and the numbers.
     """
-    from aqnet.data import CacheDataset, make_validation_loader
+    from aqnet.data import CacheDataset, make_validation_loader, validation_samples
+    from aqnet.data.reference import PreprocessingError, check_cache_normalization
 
     report = {} if report is None else report
     gates = cfg["gates"]
@@ -197,8 +210,9 @@ def smoke_forward(
     torch.manual_seed(SEED)
     model = build_model(cfg, cache_dir)
     base = build_model(cfg, cache_dir, baseline=True)
-    load = _load(model, checkpoint, expected_missing_keys(cfg, model), "fine-tune")
-    _load(base, checkpoint, list(base.topoflow_keys()), "baseline")
+    variables = cfg.get("baseline", {}).get("variables")
+    load = _load(model, checkpoint, expected_missing_keys(cfg, model), "fine-tune", variables)
+    _load(base, checkpoint, list(base.topoflow_keys()), "baseline", variables)
     report["load"] = {"module_summary": load.summary_lines(), "new_parameters": load.missing}
     report["alpha"] = {
         k: v.item() if v.numel() == 1 else v.cpu().tolist()
@@ -207,10 +221,19 @@ def smoke_forward(
     }
     report["wind_orders"] = _check_orders(model, cfg, cache_dir)
 
-    dataset = CacheDataset(cache_dir, "val", lead_times_h=tuple(cfg["lead_times_h"]))
+    dataset = CacheDataset(
+        cache_dir,
+        "val",
+        lead_times_h=tuple(cfg["lead_times_h"]),
+        in_variables=model.config.in_variables,
+    )
     # The items every validation pass of the pipeline evaluates (the baseline's recorded loss
     # included), spread evenly over the validation split.
-    n_samples = min(int(cfg["validation"]["samples"]), len(dataset))
+    try:  # like with like: the cache must be normalised as the baseline's training data was
+        report["normalization"] = check_cache_normalization(cfg, dataset.stats, dataset.meta)
+    except PreprocessingError as exc:
+        raise StageFailure(f"smoke_forward: {exc}") from exc
+    n_samples = validation_samples(cfg, len(dataset))
     loader = make_validation_loader(
         dataset,
         n_samples=n_samples,

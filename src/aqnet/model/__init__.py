@@ -8,7 +8,7 @@
   :mod:`~aqnet.model.aggregation`, :mod:`~aqnet.model.embeddings`,
   :mod:`~aqnet.model.attention`, :mod:`~aqnet.model.elevation_attention`,
   :mod:`~aqnet.model.blocks`, :mod:`~aqnet.model.head`, :mod:`~aqnet.model.shapes`;
-  checkpoint compatibility lives in :mod:`~aqnet.model.compat`.
+  checkpoints are read, adapted and loaded by :mod:`aqnet.checkpoint`.
 """
 
 from aqnet.model.forecaster import Forecaster, count_parameters

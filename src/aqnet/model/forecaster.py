@@ -7,7 +7,8 @@ Stages of :meth:`Forecaster.forward` (the keys of the ``shapes`` record):
 3. ``elevation_tokens`` - each patch's mean elevation in metres, ``(B, L)``;
 4. ``wind_scan`` - tokens, elevations and patch coordinates permuted upwind -> downwind,
    ``(B, L, D)`` (see :mod:`aqnet.model.wind_scan`);
-5. ``embed`` - 2-D sin-cos position embedding added **by slot**, lead-time embedding added,
+5. ``embed`` - position embedding (fixed 2-D sin-cos, or learned: ``config.pos_embed``) added
+   **by slot**, lead-time embedding added,
    ``(B, L, D)``;
 6. ``blocks.<i>`` - transformer blocks (TopoFlow blocks receive the permuted elevations);
 7. ``norm`` and ``head`` - ``(B, L, V * p * p)``;
@@ -47,7 +48,11 @@ class Forecaster(nn.Module):
         v, d, p = len(mcfg.in_variables), mcfg.embed_dim, mcfg.patch_size
         hp, wp = mcfg.grid_patches
         self.patch_embed = PatchEmbed(
-            img_size=mcfg.img_size, patch_size=p, num_variables=v, embed_dim=d
+            img_size=mcfg.img_size,
+            patch_size=p,
+            num_variables=v,
+            embed_dim=d,
+            norm=mcfg.patch_embed_norm,
         )
         self.aggregate = VariableAggregation(num_variables=v, embed_dim=d, num_heads=mcfg.num_heads)
         self.lead_time_embed = LeadTimeEmbedding(
@@ -89,7 +94,10 @@ class Forecaster(nn.Module):
 
         # Derived buffers: built here, moved with the module, never saved.
         pos = sincos_2d(d, (hp, wp)).float()[None]  # (1, L, D), indexed by sequence slot
-        self.register_buffer("pos_embed", pos, persistent=False)
+        if mcfg.pos_embed == "learned":  # a weight of the checkpoint (ClimaX's pos_embed)
+            self.pos_embed = nn.Parameter(pos)
+        else:
+            self.register_buffer("pos_embed", pos, persistent=False)
         rows, cols = torch.meshgrid(torch.arange(hp), torch.arange(wp), indexing="ij")
         coords = torch.stack([rows.reshape(-1), cols.reshape(-1)], dim=1)  # (L, 2) (row, col)
         self.register_buffer("patch_coords", coords, persistent=False)

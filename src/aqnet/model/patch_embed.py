@@ -17,8 +17,17 @@ class PatchEmbed(nn.Module):
     """``(B, V, H, W) -> (B, V, L, D)`` with ``L = (H / p) * (W / p)`` patches in raster order."""
 
     def __init__(
-        self, *, img_size: tuple[int, int], patch_size: int, num_variables: int, embed_dim: int
+        self,
+        *,
+        img_size: tuple[int, int],
+        patch_size: int,
+        num_variables: int,
+        embed_dim: int,
+        norm: bool = False,
     ) -> None:
+        """``norm``: a LayerNorm over ``D`` of every token (``patch_embed.norm``), as the published
+        TopoFlow release has (AmmarKheder/TopoFlow topoflow/wind_embed.py, commit 1ab24d8,
+        lines 39 and 68)."""
         super().__init__()
         h, w = img_size
         if h % patch_size or w % patch_size:
@@ -34,6 +43,7 @@ class PatchEmbed(nn.Module):
             stride=patch_size,
             groups=num_variables,
         )
+        self.norm = nn.LayerNorm(embed_dim) if norm else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, V, H, W) -> (B, V, L, D)."""
@@ -42,4 +52,5 @@ class PatchEmbed(nn.Module):
                     stage="patch embedding")  # fmt: skip
         y = self.proj(x)  # (B, V * D, Hp, Wp)
         b, _, hp, wp = y.shape
-        return y.reshape(b, v, d, hp * wp).transpose(2, 3)  # (B, V, D, L) -> (B, V, L, D)
+        tokens = y.reshape(b, v, d, hp * wp).transpose(2, 3)  # (B, V, D, L) -> (B, V, L, D)
+        return tokens if self.norm is None else self.norm(tokens)

@@ -22,9 +22,11 @@ from aqnet.config import MODEL_VARIABLES, POLLUTANTS
 
 WindScanMode = Literal["off", "global", "regional", "reference"]
 AttentionImpl = Literal["auto", "flex", "sdpa", "chunked", "reference"]
+PosEmbed = Literal["sincos", "learned"]
 
 WIND_SCAN_MODES: tuple[str, ...] = ("off", "global", "regional", "reference")
 ATTENTION_IMPLS: tuple[str, ...] = ("auto", "flex", "sdpa", "chunked", "reference")
+POS_EMBEDS: tuple[str, ...] = ("sincos", "learned")
 
 # Keys of the pipeline config's ``model`` section that map one-to-one onto ModelConfig fields.
 _PIPELINE_KEYS: tuple[str, ...] = (
@@ -41,6 +43,9 @@ _PIPELINE_KEYS: tuple[str, ...] = (
     "region_patches",
     "rel_pos_bias",
     "attention_impl",
+    "pos_embed",
+    "patch_embed_norm",
+    "lead_time_scale_h",
 )
 
 
@@ -70,7 +75,13 @@ class ModelConfig:
         attention_impl: ``"auto"``, ``"flex"``, ``"sdpa"``, ``"chunked"`` or ``"reference"``.
         wind_norm: ``(u_mean, u_std, v_mean, v_std)`` used to de-normalise the ``u``/``v``
             input channels before the wind sector is computed.
-        lead_time_scale_h: lead times are divided by this (hours) before their embedding.
+        lead_time_scale_h: lead times are divided by this (hours) before their embedding (the
+            researchers' baseline takes raw hours: 1).
+        pos_embed: ``"sincos"`` - the fixed 2-D sin-cos table (a derived buffer, not saved) - or
+            ``"learned"`` - a parameter ``pos_embed`` ``(1, L, D)`` initialised to that table and
+            loaded from the checkpoint, as the researchers' ClimaX backbone has.
+        patch_embed_norm: a LayerNorm over each variable's patch tokens after the patch embedding
+            (``patch_embed.norm``, as the published TopoFlow release has).
     """
 
     img_size: tuple[int, int]
@@ -91,6 +102,8 @@ class ModelConfig:
     attention_impl: AttentionImpl = "auto"
     wind_norm: tuple[float, float, float, float] = (0.0, 1.0, 0.0, 1.0)
     lead_time_scale_h: float = 100.0
+    pos_embed: PosEmbed = "sincos"
+    patch_embed_norm: bool = False
 
     def __post_init__(self) -> None:
         # Normalise sequences to tuples (from_dict / YAML give lists) so the config is hashable.
@@ -176,6 +189,10 @@ class ModelConfig:
                 "ModelConfig: wind_norm must be (u_mean, u_std, v_mean, v_std) with stds > 0, "
                 f"got {self.wind_norm}"
             )
+        if self.pos_embed not in POS_EMBEDS:
+            raise ValueError(
+                f"ModelConfig: pos_embed must be one of {POS_EMBEDS}, got {self.pos_embed!r}"
+            )
         if self.lead_time_scale_h <= 0:
             raise ValueError(
                 f"ModelConfig: lead_time_scale_h must be > 0, got {self.lead_time_scale_h}"
@@ -260,7 +277,8 @@ def from_pipeline_config(
     Args:
         cfg: a validated pipeline config (``aqnet.config.load_config`` / ``load_resolved``): the
             ``model`` section (``preset`` plus overrides), ``grid.ny``/``grid.nx``; the inputs are
-            ``aqnet.config.MODEL_VARIABLES`` and the outputs ``aqnet.config.POLLUTANTS``.
+            ``model.in_variables`` (a permutation of ``aqnet.config.MODEL_VARIABLES``; null is that
+            order) and the outputs ``aqnet.config.POLLUTANTS``.
         stats: the cache's ``{var: {"mean": float, "std": float}}``; ``u`` and ``v`` give the wind
             normalisation. ``None`` means identity normalisation ``(0, 1, 0, 1)``.
 
@@ -278,7 +296,7 @@ def from_pipeline_config(
         )
     overrides: dict[str, Any] = {k: model[k] for k in _PIPELINE_KEYS if k in model}
     overrides["img_size"] = (int(cfg["grid"]["ny"]), int(cfg["grid"]["nx"]))
-    overrides["in_variables"] = MODEL_VARIABLES
+    overrides["in_variables"] = input_variables(cfg)
     overrides["out_variables"] = POLLUTANTS
     if stats is not None:
         try:
@@ -294,6 +312,28 @@ def from_pipeline_config(
                 "normalisation (need stats['u'|'v']['mean'|'std'])"
             ) from exc
     return PRESETS[preset](**overrides)
+
+
+def input_variables(cfg: Mapping[str, Any]) -> tuple[str, ...]:
+    """The model's input channel order: ``model.in_variables``, or ``MODEL_VARIABLES`` when null.
+
+    Raises:
+        ValueError: a list that is not a permutation of ``MODEL_VARIABLES`` (naming the names
+            missing and the ones not known), since the cache provides exactly those channels.
+    """
+    names = cfg.get("model", {}).get("in_variables")
+    if names is None:
+        return MODEL_VARIABLES
+    names = tuple(str(n) for n in names)
+    missing = [v for v in MODEL_VARIABLES if v not in names]
+    unknown = [v for v in names if v not in MODEL_VARIABLES]
+    if missing or unknown or len(set(names)) != len(names):
+        raise ValueError(
+            f"model.in_variables {list(names)} must order the {len(MODEL_VARIABLES)} cache "
+            f"channels {list(MODEL_VARIABLES)} exactly once each: missing {missing}, unknown "
+            f"{unknown}"
+        )
+    return names
 
 
 def baseline_of(mcfg: ModelConfig) -> ModelConfig:

@@ -81,15 +81,15 @@ def build_models(
     compares against the baseline as it was trained; a checkpoint without one takes the config's
     model (``baseline_of`` it for the baseline). The attention implementation always follows the
     config (it is a choice of kernel, not of weights). Both loads go through
-    :func:`aqnet.model.compat.load_weights` and must be clean: nothing missing, nothing unexpected.
+    :func:`aqnet.checkpoint.load_weights` and must be clean: nothing missing, nothing unexpected.
 
     Returns:
         ``(baseline, finetuned, info)``, ``info`` saying where each configuration came from and
         the baseline checkpoint's recorded val_loss.
     """
+    from aqnet.checkpoint import load_weights, read_checkpoint
     from aqnet.data import load_stats
     from aqnet.model import Forecaster, ModelConfig, baseline_of, from_pipeline_config
-    from aqnet.model.compat import load_weights, read_checkpoint
 
     pipeline_mcfg = from_pipeline_config(cfg, stats=load_stats(cache_dir))
     info: dict[str, Any] = {}
@@ -113,7 +113,12 @@ def build_models(
             )
         torch.manual_seed(SEED)
         model = Forecaster(mcfg)
-        load_weights(model, path, expected_missing=[])
+        load_weights(
+            model,
+            path,
+            expected_missing=[],
+            checkpoint_variables=cfg.get("baseline", {}).get("variables"),
+        )
         model.eval()
         models.append(model)
         info[f"{role}_model_config_source"] = source
@@ -228,7 +233,9 @@ def evaluate(
     base.to(dev)
     fine.to(dev)
 
-    dataset = CacheDataset(cache_dir, split, lead_times_h=tuple(lead_times))
+    dataset = CacheDataset(
+        cache_dir, split, lead_times_h=tuple(lead_times), in_variables=base.config.in_variables
+    )
     infos = [dataset.sample_info(i) for i in range(len(dataset))]
     batch_size = int(rcfg["eval_batch_size"])
     n_items = None if rcfg["eval_batches"] is None else int(rcfg["eval_batches"]) * batch_size

@@ -29,7 +29,7 @@ Stage outputs (``out_dir``, rank 0): ``baseline`` - ``baseline.ckpt`` (Lightning
 of the best validation and that loss) and ``wind_orders.npz``; ``finetune`` - ``final.ckpt``
 (Lightning layout, the final weights and their validation loss) and ``summary.json``; every
 stage - ``metrics.csv``. The fine-tune and ``validate_short`` start from ``init_checkpoint``,
-loaded only through :func:`aqnet.model.compat.load_weights` (the audited path).
+loaded only through :func:`aqnet.checkpoint.load_weights` (the audited path).
 
 ``validate_short`` runs the fine-tune's first ``gates.validate_short_steps`` steps with the full
 run's schedule and per-rank batch (``finetune.batch_size / (launch.nodes x tasks_per_node)``), so
@@ -57,6 +57,7 @@ from torch.utils.data import DataLoader
 
 from aqnet.config import POLLUTANTS
 from aqnet.losses import masked_mse, masked_sq_err_sums
+from aqnet.model.presets import input_variables
 from aqnet.stage import StageFailure, write_json
 from aqnet.train.distributed import DistContext, init_distributed
 from aqnet.train.metrics import Progress, metric_columns, write_metrics
@@ -298,7 +299,12 @@ class _Trainer:
         resume: bool,
         usr1: threading.Event,
     ) -> None:
-        from aqnet.data import CacheDataset, load_stats, make_validation_loader
+        from aqnet.data import (
+            CacheDataset,
+            load_stats,
+            make_validation_loader,
+            validation_samples,
+        )
         from aqnet.model import Forecaster, baseline_of, from_pipeline_config
 
         self.cfg = cfg
@@ -317,14 +323,15 @@ class _Trainer:
             state_dir.mkdir(parents=True, exist_ok=True)
 
         # -- data ---------------------------------------------------------------------------
-        self.train_ds = CacheDataset(
-            cache_dir, "train", lead_times_h=tuple(self.lead_times), out_variables=POLLUTANTS
-        )
-        self.val_ds = CacheDataset(
-            cache_dir, "val", lead_times_h=tuple(self.lead_times), out_variables=POLLUTANTS
-        )
+        data_args = {
+            "lead_times_h": tuple(self.lead_times),
+            "out_variables": POLLUTANTS,
+            "in_variables": input_variables(cfg),  # the model's channel order
+        }
+        self.train_ds = CacheDataset(cache_dir, "train", **data_args)
+        self.val_ds = CacheDataset(cache_dir, "val", **data_args)
         # The pipeline's validation subset (the smoke_forward gate evaluates the same items).
-        self.n_val = min(int(cfg["validation"]["samples"]), len(self.val_ds))
+        self.n_val = validation_samples(cfg, len(self.val_ds))
         self.steps_per_epoch = len(self.train_ds) // self.plan.global_batch
         if self.steps_per_epoch < 1:
             raise ValueError(
@@ -427,11 +434,16 @@ class _Trainer:
     # ------------------------------------------------------------------------------------
 
     def _load_init(self, path: Path) -> dict[str, Any]:
+        from aqnet.checkpoint import load_weights
         from aqnet.gates.audit import expected_missing_keys
-        from aqnet.model.compat import load_weights
 
         expected = expected_missing_keys(self.cfg, self.model)
-        report = load_weights(self.model, path, expected_missing=expected)
+        report = load_weights(
+            self.model,
+            path,
+            expected_missing=expected,
+            checkpoint_variables=self.cfg.get("baseline", {}).get("variables"),
+        )
         if self.ctx.is_main:
             log.info(
                 "loaded %d tensors (%d parameters) from %s; new: %s",
@@ -729,7 +741,7 @@ class _Trainer:
             write_metrics(self.out_dir / "metrics.csv", self.rows, self.columns)
 
     def _write_outputs(self) -> dict[str, str]:
-        from aqnet.model.compat import save_lightning_checkpoint
+        from aqnet.checkpoint import save_lightning_checkpoint
         from aqnet.orders import save_orders
 
         outputs = {"metrics": str(self.out_dir / "metrics.csv")}

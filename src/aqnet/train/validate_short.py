@@ -43,7 +43,7 @@ def baseline_val_loss(cfg: Mapping[str, Any], init_checkpoint: str | Path) -> tu
     configured = cfg["baseline"].get("val_loss")
     if configured is not None:
         return float(configured), "config baseline.val_loss"
-    from aqnet.model.compat import read_checkpoint
+    from aqnet.checkpoint import read_checkpoint
 
     contents = read_checkpoint(init_checkpoint)
     if contents.val_loss is None:

@@ -1,4 +1,4 @@
-"""Checkpoint compatibility: safe reading, prefix rules, clean-or-refused loading, Lightning layout.
+"""aqnet.checkpoint: safe reading, prefix rules, clean-or-refused loading, Lightning layout.
 
 A small stand-in network (an embedding, two blocks, a configurable head and, like the TopoFlow
 model, an extra ``blocks.0.alpha``) keeps these tests of the key logic fast; the gate tests run the
@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from aqnet.model.compat import (
+from aqnet.checkpoint import (
     CheckpointError,
     compare_state_dicts,
     load_weights,
@@ -154,7 +154,8 @@ def test_prefix_on_some_keys_is_not_removed_and_is_reported(tmp_path: Path) -> N
     ) as err:
         load_weights(_seeded(1), _save(net_sd, tmp_path / "mixed.pt"), expected_missing=[])
     assert "17 of 18 keys start with 'model.'" in str(err.value)
-    assert "not removed because not all keys carry it" in str(err.value)
+    # The example is a key that lacks the prefix (the one that stopped its removal).
+    assert "but 'ema.embed.weight' does not, so the prefix was not removed" in str(err.value)
 
 
 def _save(obj: object, path: Path) -> Path:
