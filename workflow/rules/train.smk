@@ -73,7 +73,9 @@ rule finetune:
         launcher=launcher,
         world_size=world_size,
     shell:
+        # --expected-step-time-from: validate_short's measured step time arms the watchdog.
         "{params.launcher}aqnet finetune --config {input.config}"
         " --cache {params.cache_dir}"
         " --init {input.init} --out-dir {params.out_dir} --state-dir {params.state_dir}"
-        " --world-size {params.world_size} > {log} 2>&1"
+        " --world-size {params.world_size}"
+        " --expected-step-time-from {input.validated} > {log} 2>&1"
