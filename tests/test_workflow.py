@@ -122,6 +122,7 @@ def expected_counts(variants: int, *, train_baseline: bool = True) -> dict[str, 
     counts.update({rule: variants for rule in VARIANT_RULES})
     # data, baseline and report scopes; the baseline scope only when it is trained
     counts.update(resolve_shared_config=3 if train_baseline else 2, report=1, all=1)
+    counts["rehearse_report"] = 1  # one gate over every variant, before any fine-tune
     return counts
 
 

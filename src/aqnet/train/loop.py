@@ -27,8 +27,9 @@
 
 Stage outputs (``out_dir``, rank 0): ``baseline`` - ``baseline.ckpt`` (Lightning layout, the weights
 of the best validation and that loss) and ``wind_orders.npz``; ``finetune`` - ``final.ckpt``
-(Lightning layout, the final weights and their validation loss) and ``summary.json``; every
-stage - ``metrics.csv``. The fine-tune and ``validate_short`` start from ``init_checkpoint``,
+(Lightning layout, the final weights and their validation loss) and ``summary.json``;
+``validate_short`` - ``final.ckpt`` (what the ``rehearse_report`` gate evaluates); every stage -
+``metrics.csv``. The fine-tune and ``validate_short`` start from ``init_checkpoint``,
 loaded only through :func:`aqnet.model.compat.load_weights` (the audited path).
 
 ``validate_short`` runs the fine-tune's first ``gates.validate_short_steps`` steps with the full
@@ -105,7 +106,7 @@ REQUEUE_EXIT_CODE = 75
 
 OUTPUT_FILES = {
     "baseline": ("baseline.ckpt", "wind_orders.npz", "metrics.csv"),
-    "validate_short": ("metrics.csv",),
+    "validate_short": ("final.ckpt", "metrics.csv"),
     "finetune": ("final.ckpt", "metrics.csv", "summary.json"),
 }
 
@@ -938,7 +939,7 @@ class _Trainer:
             orders_path = self.out_dir / "wind_orders.npz"
             save_orders(orders_path, self.model.wind_orders(), self.model.orders_params())
             outputs.update(checkpoint=str(path), wind_orders=str(orders_path))
-        elif self.stage == "finetune":
+        else:  # finetune; validate_short's weights let the rehearse_report gate evaluate them
             path = self.out_dir / "final.ckpt"
             save_lightning_checkpoint(
                 path,
@@ -947,6 +948,9 @@ class _Trainer:
                 val_loss=final.get("val_loss"),
                 global_step=self.step,
             )
+            outputs["checkpoint"] = str(path)
+            if self.stage != "finetune":
+                return outputs
             summary_path = self.out_dir / "summary.json"
             write_json(summary_path, self._summary())
             outputs.update(checkpoint=str(path), summary=str(summary_path))

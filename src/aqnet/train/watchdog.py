@@ -275,7 +275,7 @@ class Heartbeat:
         clone = getattr(store, "clone", None)
         try:
             self.store = clone() if callable(clone) else store
-        except RuntimeError:
+        except Exception:  # noqa: BLE001 - a store that cannot be cloned is shared (thread-safe)
             self.store = store
         self.rank = int(rank)
         self.world_size = int(world_size)
