@@ -819,7 +819,8 @@ class _Trainer:
             idx = match.to(torch.int64).argmax(dim=1)  # (B,)
             sq.index_add_(0, idx, s.double())
             weight.index_add_(0, idx, w.double())
-            self.tick()
+            if self.steps_this_process:  # the stall check is armed after the first step
+                self.tick()
         self.ctx.all_reduce_sum(sq)
         self.ctx.all_reduce_sum(weight)
         if self.device.type == "cuda":
