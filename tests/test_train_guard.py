@@ -100,11 +100,11 @@ def test_step_watchdog_trips_on_the_median_not_on_one_slow_step() -> None:
 def test_watchdog_saves_and_stops_a_run_with_an_injected_slow_step(
     tiny_config: dict[str, Any], tiny_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Steps from the 4th on take >= 0.4 s more; with an expected step time of 0.05 s and
-    max_slowdown 3, a window of 3 trips once two slow steps are in it (the first step of a
-    process is not counted)."""
+    """Steps from the 4th on take >= 1.5 s more; with an expected step time of 0.25 s and
+    max_slowdown 4 (a limit of 1 s, far above a tiny CPU step even on a busy machine), a window
+    of 3 trips once two slow steps are in it (the first step of a process is not counted)."""
     cfg = _config(
-        tiny_config, steps=12, checkpoint_every=100, watchdog={"window_steps": 3, "max_slowdown": 3}
+        tiny_config, steps=12, checkpoint_every=100, watchdog={"window_steps": 3, "max_slowdown": 4}
     )
     real_mse = loop_module.masked_mse
     calls = {"n": 0}
@@ -112,19 +112,19 @@ def test_watchdog_saves_and_stops_a_run_with_an_injected_slow_step(
     def slow_mse(*args: Any, **kwargs: Any) -> torch.Tensor:
         calls["n"] += 1  # one call per micro-batch of a training step
         if calls["n"] >= 4:
-            time.sleep(0.4)
+            time.sleep(1.5)
         return real_mse(*args, **kwargs)
 
     monkeypatch.setattr(loop_module, "masked_mse", slow_mse)
     with pytest.raises(RunTooSlow) as err:
-        _baseline(cfg, tiny_cache, tmp_path, expected_step_time_s=0.05)
+        _baseline(cfg, tiny_cache, tmp_path, expected_step_time_s=0.25)
     exc = err.value
     # Steps 4 and 5 are slow; the flag set after step 5 stops every rank after step 6.
-    assert exc.step == 6 and exc.expected_s == 0.05 and exc.measured_s > 0.4
+    assert exc.step == 6 and exc.expected_s == 0.25 and exc.measured_s > 1.5
     msg = str(exc)
     assert "stopped by the step-time watchdog at step 6" in msg
-    assert f"{exc.measured_s:.3g} s" in msg and "the 0.05 s validate_short measured" in msg
-    assert "limit 3x = 0.15 s" in msg and "rerun to resume" in msg
+    assert f"{exc.measured_s:.3g} s" in msg and "the 0.25 s validate_short measured" in msg
+    assert "limit 4x = 1 s" in msg and "rerun to resume" in msg
     assert load_state(tmp_path / "state" / STATE_FILE)["step"] == 6  # saved before stopping
     assert not (tmp_path / "out" / "baseline.ckpt").exists()
 
