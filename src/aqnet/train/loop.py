@@ -24,6 +24,14 @@
   state left off. ``SIGUSR1`` (Slurm's ``--signal=USR1@<seconds>`` before the time limit) makes
   every rank finish its step, save the state and stop with :class:`RequeueRequested`; the CLI
   exits with :data:`REQUEUE_EXIT_CODE` (75, ``EX_TEMPFAIL`` of ``sysexits.h``: "try again").
+  A finished state whose outputs were written is archived and the run starts afresh (a
+  deliberate rerun), as is any state with ``AQNET_FRESH=1`` (:mod:`aqnet.train.resume`); a
+  failed write names the file, the free space and the last good checkpoint
+  (:func:`aqnet.stage.atomic_save`);
+* **watchdog** - with validate_short's step time, a median step time over ``watchdog.max_slowdown``
+  x it saves the state and stops (:class:`~aqnet.train.watchdog.RunTooSlow`); in a multi-rank run a
+  heartbeat names a dead or stuck rank within ``watchdog.peer_timeout_s`` / ``stall_timeout_s``
+  (:class:`~aqnet.train.watchdog.PeerLost`).
 
 Stage outputs (``out_dir``, rank 0): ``baseline`` - ``baseline.ckpt`` (Lightning layout, the weights
 of the best validation and that loss) and ``wind_orders.npz``; ``finetune`` - ``final.ckpt``
@@ -85,7 +93,7 @@ from aqnet.train.state import (
     restore_rng,
     save_state,
 )
-from aqnet.train.watchdog import Heartbeat, PeerLost, RunTooSlow, StepWatchdog
+from aqnet.train.watchdog import RunTooSlow, StepWatchdog, name_lost_peer, start_heartbeat
 
 log = logging.getLogger("aqnet.train")
 
@@ -279,9 +287,9 @@ def run_training(
         timeout_s=float(tcfg["dist_timeout_s"]),
         expected_world_size=expected_world_size,
     )
-    heartbeat = _start_heartbeat(ctx, tcfg["watchdog"])
+    heartbeat = start_heartbeat(ctx, tcfg["watchdog"])
     try:
-        with _usr1_flag() as usr1, _name_lost_peer(heartbeat):
+        with _usr1_flag() as usr1, name_lost_peer(heartbeat):
             trainer = _Trainer(
                 cfg,
                 stage=stage,
@@ -301,48 +309,6 @@ def run_training(
         if heartbeat is not None:
             heartbeat.stop()
         ctx.close()
-
-
-def _start_heartbeat(ctx: DistContext, wcfg: Mapping[str, Any]) -> Heartbeat | None:
-    """The heartbeat thread of a multi-rank run (:class:`aqnet.train.watchdog.Heartbeat`)."""
-    if not ctx.distributed:
-        return None
-    import torch.distributed as dist
-
-    return Heartbeat(
-        store=dist.distributed_c10d._get_default_store(),  # noqa: SLF001 - the rendezvous store
-        rank=ctx.rank,
-        world_size=ctx.world_size,
-        hosts=[str(r["host"]) for r in ctx.ranks],
-        interval_s=float(wcfg["heartbeat_s"]),
-        peer_timeout_s=float(wcfg["peer_timeout_s"]),
-        stall_timeout_s=float(wcfg["stall_timeout_s"]),
-    ).start()
-
-
-@contextlib.contextmanager
-def _name_lost_peer(heartbeat: Heartbeat | None) -> Iterator[None]:
-    """A collective that failed because a peer is gone becomes :class:`PeerLost` naming it."""
-    try:
-        yield
-    except RuntimeError as exc:
-        if heartbeat is None or isinstance(exc, PeerLost) or not _is_comm_error(exc):
-            raise
-        wait_s = heartbeat.monitor.peer_timeout_s + 2 * heartbeat.interval_s
-        verdict = heartbeat.wait_verdict(wait_s)
-        if verdict is None:
-            raise
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise PeerLost(f"{verdict} (the collective failed: {first})") from exc
-
-
-def _is_comm_error(exc: BaseException) -> bool:
-    import torch.distributed as dist
-
-    if isinstance(exc, getattr(dist, "DistError", ())):
-        return True
-    text = str(exc).lower()
-    return any(w in text for w in ("gloo", "nccl", "connection", "timed out", "socket", "peer"))
 
 
 def _finite(value: float | None) -> bool:

@@ -1,25 +1,20 @@
 """Fresh start or resume: what a training stage does with the state it finds in ``state_dir``.
 
-=================================================  ============================================
-what ``state_dir`` holds                           what the run does
-=================================================  ============================================
-nothing                                            starts at step 0
-``last.pt`` of an unfinished run (a crash, a kill,  resumes from it (``last.pt``'s step)
-Slurm's USR1, ``--stop-after-step``)
-``last.pt`` of a finished run and ``complete.json`` starts afresh: the outputs were delivered, so
-(the run wrote its outputs)                        this is a deliberate rerun
-                                                   (``snakemake --forcerun finetune``)
-``last.pt`` of a finished run, no ``complete.json`` resumes: the run crashed after its last save
-                                                   and only writes its outputs
-anything, with ``--fresh`` / ``AQNET_FRESH=1``     starts afresh, unless the state was written by
-                                                   this same Slurm job (a requeued job keeps its
-                                                   id and its environment, and must resume)
-=================================================  ============================================
+* nothing there: it starts at step 0;
+* ``last.pt`` of an unfinished run (a crash, a kill, Slurm's USR1, ``--stop-after-step``): it
+  resumes from that step;
+* ``last.pt`` of a finished run and ``complete.json`` (written once the run's outputs were): the
+  outputs were delivered, so this is a deliberate rerun (``snakemake --forcerun finetune``) and it
+  starts afresh;
+* ``last.pt`` of a finished run without ``complete.json``: the run crashed after its last save;
+  it resumes and only writes its outputs;
+* any state with ``--fresh`` / ``AQNET_FRESH=1``: it starts afresh - unless the state was written
+  by this same Slurm job, which is then a requeued job (same id, same environment) and resumes.
 
 Starting afresh never deletes: ``last.pt`` and ``complete.json`` are renamed to
 ``last.<UTC time>.pt`` and ``complete.<UTC time>.json`` in the same folder (:func:`archive_state`).
 A state written by a different run (other settings) is still refused by the training, naming the
-difference, unless the start is fresh.
+difference, unless the start is asked to be fresh.
 """
 
 from __future__ import annotations

@@ -39,8 +39,11 @@ import statistics
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from aqnet.train.distributed import DistContext
 
 log = logging.getLogger("aqnet.train")
 
@@ -53,6 +56,8 @@ __all__ = [
     "RunTooSlow",
     "StepWatchdog",
     "expected_step_time",
+    "name_lost_peer",
+    "start_heartbeat",
 ]
 
 SLOW_EXIT_CODE = 69
@@ -379,3 +384,56 @@ class Heartbeat:
         self._found.set()
         if not self._deferred:
             self.on_failure(message)
+
+
+# ---------------------------------------------------------------------------------------------
+# Wiring into the training
+# ---------------------------------------------------------------------------------------------
+
+
+def start_heartbeat(ctx: DistContext, wcfg: Mapping[str, Any]) -> Heartbeat | None:
+    """The started heartbeat of a multi-rank run (``None`` for a single process).
+
+    Args:
+        ctx: the run's process group (:func:`aqnet.train.distributed.init_distributed`).
+        wcfg: ``<stage>.watchdog`` (``heartbeat_s``, ``peer_timeout_s``, ``stall_timeout_s``).
+    """
+    if not ctx.distributed:
+        return None
+    import torch.distributed as dist
+
+    return Heartbeat(
+        store=dist.distributed_c10d._get_default_store(),  # noqa: SLF001 - the rendezvous store
+        rank=ctx.rank,
+        world_size=ctx.world_size,
+        hosts=[str(r["host"]) for r in ctx.ranks],
+        interval_s=float(wcfg["heartbeat_s"]),
+        peer_timeout_s=float(wcfg["peer_timeout_s"]),
+        stall_timeout_s=float(wcfg["stall_timeout_s"]),
+    ).start()
+
+
+@contextlib.contextmanager
+def name_lost_peer(heartbeat: Heartbeat | None) -> Iterator[None]:
+    """A collective that failed because a peer is gone becomes :class:`PeerLost` naming it
+    (after waiting up to ``peer_timeout_s`` for the heartbeat's verdict)."""
+    try:
+        yield
+    except RuntimeError as exc:
+        if heartbeat is None or not _is_comm_error(exc):
+            raise
+        wait_s = heartbeat.monitor.peer_timeout_s + 2 * heartbeat.interval_s
+        verdict = heartbeat.wait_verdict(wait_s)
+        if verdict is None:
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PeerLost(f"{verdict} (the collective failed: {first})") from exc
+
+
+def _is_comm_error(exc: BaseException) -> bool:
+    import torch.distributed as dist
+
+    if isinstance(exc, getattr(dist, "DistError", ())):
+        return True
+    text = str(exc).lower()
+    return any(w in text for w in ("gloo", "nccl", "connection", "timed out", "socket", "peer"))
