@@ -348,8 +348,8 @@ class Heartbeat:
                 if silent > self.monitor.peer_timeout_s:
                     message = (
                         f"rank 0 (host {self.monitor.host(0)}) unreachable for {silent:.0f} s: "
-                        f"the rendezvous store it hosts does not answer ({exc}); rank 0 died or "
-                        "its node is down"
+                        f"the rendezvous store it hosts does not answer ({_first_line(exc)}); "
+                        "rank 0 died or its node is down"
                     )
             if message is None:
                 message = self.monitor.verdict(self.clock())
@@ -426,8 +426,12 @@ def name_lost_peer(heartbeat: Heartbeat | None) -> Iterator[None]:
         verdict = heartbeat.wait_verdict(wait_s)
         if verdict is None:
             raise
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise PeerLost(f"{verdict} (the collective failed: {first})") from exc
+        raise PeerLost(f"{verdict} (the collective failed: {_first_line(exc)})") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _is_comm_error(exc: BaseException) -> bool:
