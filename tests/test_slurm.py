@@ -76,6 +76,7 @@ GATED_CHAIN = (
     "audit_checkpoint",
     "smoke_forward",
     "validate_short",
+    "rehearse_report",
     "finetune",
     "evaluate",
     "report",

@@ -122,6 +122,7 @@ def expected_counts(variants: int, *, train_baseline: bool = True) -> dict[str, 
     counts.update({rule: variants for rule in VARIANT_RULES})
     # data, wind_order, baseline and report scopes; the baseline scope only when it is trained
     counts.update(resolve_shared_config=4 if train_baseline else 3, report=1, all=1)
+    counts["rehearse_report"] = 1  # one gate over every variant, before any fine-tune
     return counts
 
 

@@ -124,13 +124,33 @@ def test_rerun_stages_by_name(pipeline: tuple[Path, Path, str]) -> None:
     forced = run_snakemake(workdir, cfg_path, "--dry-run", "--forcerun", "smoke_forward")
     assert forced.returncode == 0, forced.stdout
     downstream = ("smoke_forward", "validate_short", "finetune", "evaluate")
-    assert job_counts(forced.stdout) == {**dict.fromkeys(downstream, 2), "report": 1, "all": 1}
+    assert job_counts(forced.stdout) == {
+        **dict.fromkeys(downstream, 2),
+        "rehearse_report": 1,
+        "report": 1,
+        "all": 1,
+    }
 
     until = run_snakemake(
         workdir, cfg_path, "--dry-run", "--forcerun", "smoke_forward", "--until", "validate_short"
     )
     assert until.returncode == 0, until.stdout
     assert job_counts(until.stdout) == {"smoke_forward": 2, "validate_short": 2}
+
+
+def test_a_new_variant_reruns_the_rehearsal_but_no_finished_fine_tune(
+    pipeline_copy: tuple[Path, Path], tiny_config: dict[str, Any]
+) -> None:
+    """rehearse_report covers every variant, so a new one reruns it; the fine-tunes already
+    done stay done (finetune reads the rehearsal as ancient: its order, not its date)."""
+    workdir, _ = pipeline_copy
+    variants = {**TWO_VARIANTS, "h500": {"model": {"h_scale_m": 500.0}}}
+    cfg = write_config(workdir, workflow_config(tiny_config, variants=variants), "three.yaml")
+    result = run_snakemake(workdir, cfg, "--dry-run")
+    assert result.returncode == 0, result.stdout[-4000:]
+    counts = job_counts(result.stdout)
+    assert counts["rehearse_report"] == 1 and counts["validate_short"] == 1, counts
+    assert counts["finetune"] == 1 and counts["evaluate"] == 1, counts
 
 
 def test_forcerun_one_gate_runs_only_that_gate(pipeline_copy: tuple[Path, Path]) -> None:

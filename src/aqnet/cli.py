@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "audit-checkpoint": ("aqnet.gates.cli", "audit_checkpoint", "gate: checkpoint keys audit"),
     "smoke-forward": ("aqnet.gates.cli", "smoke_forward", "gate: one real batch, shapes, loss"),
     "validate-short": ("aqnet.train.cli", "validate_short", "gate: 1-node short run, cost"),
+    "rehearse-report": ("aqnet.gates.cli", "rehearse_report", "gate: evaluate + report, early"),
     "finetune": ("aqnet.train.cli", "finetune", "the full data-parallel fine-tune (resumable)"),
     "evaluate": ("aqnet.report.cli", "evaluate", "per-sample errors of baseline and fine-tune"),
     "report": ("aqnet.report.cli", "report", "figures, statistical verdict, report JSON"),

@@ -13,6 +13,7 @@ rule validate_short:
     output:
         report=result("variants/{variant}/validate_short.json"),
         metrics=result("variants/{variant}/validate_short/metrics.csv"),
+        ckpt=result("variants/{variant}/validate_short/final.ckpt"),
     log:
         log="logs/validate_short/{variant}.log",
         report="logs/validate_short/{variant}.json",
@@ -44,12 +45,56 @@ rule validate_short:
         " exit 1; }}"
 
 
+# Nothing may fail after the fine-tune that could fail before it: evaluate and report run on
+# every variant's validate_short weights (aqnet.gates.rehearsal) before any fine-tune starts.
+rule rehearse_report:
+    input:
+        config=expand(rules.resolve_shared_config.output.config, scope="report"),
+        cache=rules.build_cache.output.meta,
+        baseline=baseline_checkpoint(),
+        wind_order=rules.verify_wind_order.output.report,
+        configs=expand(rules.resolve_config.output.config, variant=VARIANTS),
+        validated=expand(rules.validate_short.output.report, variant=VARIANTS),
+        ckpts=expand(rules.validate_short.output.ckpt, variant=VARIANTS),
+    output:
+        report=result("gates/rehearse_report.json"),
+    log:
+        log="logs/rehearse_report.log",
+        report="logs/rehearse_report.json",
+    conda:
+        ENV
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=30,
+    params:
+        launcher=launcher,
+        cache_dir=input_dir("cache"),
+        gates_dir=input_dir("wind_order"),
+        work_dir=result("rehearsal"),
+        variant_dirs=lambda wildcards, input: " ".join(
+            f"--variant-dir {v}={Path(c).parent}"
+            for v, c in zip(VARIANTS, input.configs)
+        ),
+    shell:
+        "{params.launcher}aqnet rehearse-report --config {input.config}"
+        " --cache {params.cache_dir} --baseline {input.baseline} --gates {params.gates_dir}"
+        " {params.variant_dirs} --work-dir {params.work_dir}"
+        " --report {output.report} --report-copy {log.report} > {log.log} 2>&1"
+        " || {{ grep -h '^rehearse_report: FAIL' {log.log} >&2 || tail -n 20 {log.log} >&2;"
+        " echo 'rehearse_report failed: report kept at {log.report}, log at {log.log}' >&2;"
+        " exit 1; }}"
+
+
 rule finetune:
     input:
         config=rules.resolve_config.output.config,
         cache=rules.build_cache.output.meta,
         init=baseline_checkpoint(),
         validated=rules.validate_short.output.report,
+        # ancient: a rehearsal rerun for a new variant does not make the finished fine-tunes
+        # of the others out of date; it still runs (and must pass) before any fine-tune starts
+        rehearsed=ancient(rules.rehearse_report.output.report),
     output:
         ckpt=result("variants/{variant}/finetune/final.ckpt"),
         metrics=result("variants/{variant}/finetune/metrics.csv"),
@@ -73,7 +118,9 @@ rule finetune:
         launcher=launcher,
         world_size=world_size,
     shell:
+        # --expected-step-time-from: validate_short's measured step time arms the watchdog.
         "{params.launcher}aqnet finetune --config {input.config}"
         " --cache {params.cache_dir}"
         " --init {input.init} --out-dir {params.out_dir} --state-dir {params.state_dir}"
-        " --world-size {params.world_size} > {log} 2>&1"
+        " --world-size {params.world_size}"
+        " --expected-step-time-from {input.validated} > {log} 2>&1"

@@ -253,6 +253,8 @@ def _open_and_validate(
             max_nan_fraction=float(data_cfg["max_nan_fraction"]),
             elevation_range_m=data_cfg["elevation_range_m"],
             reference=reference,
+            units=data_cfg["units"],
+            elevation_min_relief_m=float(data_cfg["elevation_min_relief_m"]),
         )
         datasets[year] = ds
         reference = reference or infos[year]
@@ -413,6 +415,8 @@ def build_cache(
                 "aqnet_version": __version__,
                 "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
                 "variables": list(MODEL_VARIABLES),
+                # physical units (the files' attributes, else data.units): evaluate reads them
+                "units": dict(reference.units),
                 "grid": {
                     "ny": len(lat),
                     "nx": len(lon),

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ import numpy as np
 import xarray as xr
 from scipy import ndimage
 
-from aqnet.config import INPUT_VARIABLES
+from aqnet.config import INPUT_VARIABLES, POLLUTANTS
 
 STATIC_ALLOWED: tuple[str, ...] = ("elevation", "population")
 """Variables that may come without a time dimension."""
@@ -70,6 +70,9 @@ class YearInfo:
         time_varying: ``{var: bool}`` whether each variable has a time dimension.
         nan_counts: ``{var: int}`` NaN values inside the mask (static variables: cells).
         nan_outside_mask: ``{var: int}`` NaN values outside the mask.
+        units: ``{var: units}`` of every variable that has them (the file's ``units`` attribute,
+            else ``data.units``); every pollutant has them.
+        elevation_m: ``(ny, nx)`` the elevation field (metres), compared across years.
     """
 
     source: str
@@ -85,6 +88,8 @@ class YearInfo:
     time_varying: dict[str, bool]
     nan_counts: dict[str, int]
     nan_outside_mask: dict[str, int]
+    units: dict[str, str] = dataclasses.field(default_factory=dict)
+    elevation_m: np.ndarray | None = None
 
     @property
     def grid_shape(self) -> tuple[int, int]:
@@ -249,7 +254,16 @@ def _mask(ds: xr.Dataset, source: str, dims: tuple[str, str]) -> tuple[np.ndarra
     return mask, name
 
 
-def _check_elevation(ds: xr.Dataset, source: str, elevation_range_m: Sequence[float]) -> None:
+def _check_elevation(
+    ds: xr.Dataset,
+    source: str,
+    elevation_range_m: Sequence[float],
+    *,
+    min_relief_m: float = 0.0,
+    reference: YearInfo | None = None,
+) -> np.ndarray:
+    """Units, value range, relief (max - min over the grid) and sameness across years of the
+    elevation; returns the ``(ny, nx)`` field in metres."""
     var = ds["elevation"]
     units = var.attrs.get("units")
     if units is None:
@@ -271,6 +285,73 @@ def _check_elevation(ds: xr.Dataset, source: str, elevation_range_m: Sequence[fl
             f"{source}: variable 'elevation' spans [{lo:.1f}, {hi:.1f}] m, outside the plausible "
             f"range [{low:g}, {high:g}] m (data.elevation_range_m); is it in metres?"
         )
+    relief = hi - lo
+    if relief < min_relief_m:
+        raise DataValidationError(
+            f"{source}: variable 'elevation' spans [{lo:.2f}, {hi:.2f}] m, a relief of "
+            f"{relief:.2f} m over the whole grid, below data.elevation_min_relief_m = "
+            f"{min_relief_m:g} m: is it in kilometres labelled 'm'? (set "
+            "data.elevation_min_relief_m lower only for a truly flat domain)"
+        )
+    if reference is not None and reference.elevation_m is not None:
+        ref = reference.elevation_m
+        ref_lo, ref_hi = float(np.nanmin(ref)), float(np.nanmax(ref))
+        tol = max(1.0, 0.01 * (ref_hi - ref_lo))
+        diff = float(np.nanmax(np.abs(values - ref)))
+        if diff > tol:
+            raise DataValidationError(
+                f"{source}: variable 'elevation' (range [{lo:.1f}, {hi:.1f}] m) differs from "
+                f"{reference.source}'s (range [{ref_lo:.1f}, {ref_hi:.1f}] m) by up to "
+                f"{diff:.1f} m (tolerance {tol:.1f} m): the static field must be the same in "
+                "every year - different units or a different field?"
+            )
+    return values
+
+
+def _units(
+    ds: xr.Dataset,
+    source: str,
+    variables: Sequence[str],
+    configured: Mapping[str, str],
+    reference: YearInfo | None,
+) -> dict[str, str]:
+    """The units of every variable (the file's attribute, else ``data.units``); pollutants must
+    have them (evaluate and report show errors in physical units) and keep them across years."""
+    units: dict[str, str] = {}
+    conflicts = []
+    for name in variables:
+        found = ds[name].attrs.get("units")
+        found = str(found).strip() if found is not None and str(found).strip() else None
+        given = configured.get(name)
+        if found is not None and given is not None and found != str(given):
+            conflicts.append(f"{name!r}: {found!r} in the file, {given!r} in data.units")
+        value = found if found is not None else given
+        if value is not None:
+            units[name] = str(value)
+    if conflicts:
+        raise DataValidationError(
+            f"{source}: units differ between the file and data.units: {'; '.join(conflicts)}"
+        )
+    missing = [p for p in POLLUTANTS if p in variables and p not in units]
+    if missing:
+        example = ", ".join(f"{p}: <units>" for p in missing)
+        raise DataValidationError(
+            f"{source}: pollutant variable(s) {', '.join(map(repr, missing))} have no units "
+            "attribute; evaluate and report need their physical units. Add the attribute to the "
+            f"file, or give them in the config: data: {{units: {{{example}}}}}"
+        )
+    if reference is not None and reference.units:
+        changed = [
+            f"{n!r}: {reference.units[n]!r} in {reference.source}, {u!r} here"
+            for n, u in units.items()
+            if n in reference.units and reference.units[n] != u
+        ]
+        if changed:
+            raise DataValidationError(
+                f"{source}: units differ between years: {'; '.join(changed)}; convert the files "
+                "to one set of units"
+            )
+    return units
 
 
 def validate_year(
@@ -282,13 +363,18 @@ def validate_year(
     elevation_range_m: Sequence[float] = (-500.0, 9000.0),
     reference: YearInfo | None = None,
     variables: Sequence[str] = INPUT_VARIABLES,
+    units: Mapping[str, str] | None = None,
+    elevation_min_relief_m: float = 0.0,
 ) -> YearInfo:
     """Check one year's dataset; return what the cache needs to know about it.
 
     Checks, in order: the time coordinate (decodable, uniform step, no gap, in ``year``); the
     latitude/longitude; every variable present with dimensions ``(time, y, x)`` (or ``(y, x)``
-    for the static ones); the same grid as ``reference`` (the first year); elevation units and
-    range; the NaN fraction of every variable inside the domain mask (one streamed dask pass).
+    for the static ones); the same grid as ``reference`` (the first year); units of every
+    pollutant (the file's ``units`` attributes, else ``units``, the config's ``data.units``), the
+    same in every year; elevation units, range, relief (at least ``elevation_min_relief_m``) and
+    the same field as in ``reference``; the NaN fraction of every variable inside the domain mask
+    (one streamed dask pass).
 
     Raises:
         DataValidationError: naming the file, the variable and the numbers.
@@ -337,8 +423,16 @@ def validate_year(
                 f"{reference.time_step_h:g} h"
             )
     mask, mask_name = _mask(ds, src, (ydim, xdim))
+    found_units = _units(ds, src, variables, units or {}, reference)
+    elevation_m = None
     if "elevation" in variables:
-        _check_elevation(ds, src, elevation_range_m)
+        elevation_m = _check_elevation(
+            ds,
+            src,
+            elevation_range_m,
+            min_relief_m=elevation_min_relief_m,
+            reference=reference,
+        )
 
     # NaN counts per time step, inside and outside the mask, in one streamed pass.
     lazy = {}
@@ -384,6 +478,8 @@ def validate_year(
         time_varying=time_varying,
         nan_counts=nan_in,
         nan_outside_mask=nan_out,
+        units=found_units,
+        elevation_m=elevation_m,
     )
 
 

@@ -27,6 +27,11 @@ Examples::
         --checkpoint results/baseline/baseline.ckpt \\
         --audit results/variants/default/audit_checkpoint.json \\
         --report results/variants/default/smoke_forward.json --device auto
+
+    aqnet rehearse-report --config results/config/report.yaml --cache results/cache \
+        --baseline results/baseline/baseline.ckpt --gates results/gates \
+        --variant-dir default=results/variants/default --work-dir results/rehearsal \
+        --report results/gates/rehearse_report.json
 """
 
 from __future__ import annotations
@@ -161,3 +166,50 @@ def run_smoke_forward(args: argparse.Namespace) -> int:
         )["reason"]
 
     return run_stage("smoke_forward", check, args.report, args.report_copy)
+
+
+def add_arguments_rehearse_report(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", required=True, type=Path, help="the report's resolved config (YAML)"
+    )
+    parser.add_argument("--cache", required=True, type=Path, help="cache folder")
+    parser.add_argument("--baseline", required=True, type=Path, help="the baseline checkpoint")
+    parser.add_argument(
+        "--variant-dir",
+        action="append",
+        required=True,
+        metavar="NAME=DIR",
+        help="a variant's results folder holding validate_short/ (repeat per variant)",
+    )
+    parser.add_argument(
+        "--gates", type=Path, default=None, help="folder with verify_wind_order.json"
+    )
+    parser.add_argument(
+        "--work-dir", required=True, type=Path, help="scratch folder (replaced on every run)"
+    )
+    parser.add_argument(
+        "--device", default=None, help="auto, cpu or cuda (default: finetune.device)"
+    )
+    add_report_arguments(parser)
+
+
+def run_rehearse_report(args: argparse.Namespace) -> int:
+    from aqnet.config import load_resolved
+    from aqnet.gates.rehearsal import rehearse_report
+    from aqnet.report.inputs import parse_variant_dirs
+
+    def check(report: dict[str, Any]) -> str:
+        cfg = load_resolved(args.config)
+        return rehearse_report(
+            cfg,
+            cache_dir=args.cache,
+            baseline_checkpoint=args.baseline,
+            variant_dirs=parse_variant_dirs(args.variant_dir),
+            gates_dir=args.gates,
+            work_dir=args.work_dir,
+            batches=int(cfg["gates"]["rehearsal_batches"]),
+            device=args.device,
+            report=report,
+        )
+
+    return run_stage("rehearse_report", check, args.report, args.report_copy)

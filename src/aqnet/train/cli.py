@@ -20,8 +20,15 @@ Examples::
     aqnet validate-short --config ... --cache ... --init ... --out-dir .../validate_short \\
         --state-dir results/state/default/validate_short --report .../validate_short.json
 
-Exit codes: 0 done (or gate passed), 1 failure (the reason is printed), 75 (``EX_TEMPFAIL``)
-``SIGUSR1`` received - the state was saved, requeue the job and it resumes.
+Exit codes: 0 done (or gate passed), 1 failure (the reason is printed), 69 the step-time
+watchdog stopped a run slower than ``watchdog.max_slowdown`` x validate_short's step time (state
+saved; a rerun resumes), 70 a rank died or is stuck (the heartbeat names it), 75
+(``EX_TEMPFAIL``) ``SIGUSR1`` received - the state was saved, requeue the job and it resumes.
+
+A rerun resumes from ``--state-dir`` after a crash; a finished run rerun on purpose
+(``snakemake --forcerun finetune``) starts afresh; ``--fresh`` (or ``AQNET_FRESH=1``) starts afresh
+from any state. Starting afresh keeps the old state under a dated name
+(:mod:`aqnet.train.resume`).
 """
 
 from __future__ import annotations
@@ -48,6 +55,7 @@ __all__ = [
 
 _ERRORS = (StageFailure, ValueError, FileNotFoundError, OSError, RuntimeError, KeyError)
 _REQUEUE = 75  # aqnet.train.loop.REQUEUE_EXIT_CODE (not imported here: --help stays fast)
+_SLOW, _PEER_LOST = 69, 70  # aqnet.train.watchdog.SLOW_EXIT_CODE, PEER_LOST_EXIT_CODE
 
 
 def _common(parser: argparse.ArgumentParser, *, report_required: bool = False) -> None:
@@ -77,9 +85,25 @@ def _common(parser: argparse.ArgumentParser, *, report_required: bool = False) -
         default=None,
         help="debugging: stop right after this optimizer step as if killed (no extra checkpoint)",
     )
+    parser.add_argument(
+        "--fresh",
+        action="store_true",
+        help="start afresh even from an unfinished state, keeping it under a dated name "
+        "(also AQNET_FRESH=1; a requeued Slurm job still resumes its own state)",
+    )
+    parser.add_argument(
+        "--expected-step-time-from",
+        type=Path,
+        default=None,
+        metavar="REPORT",
+        help="validate_short's JSON report: its measured step time arms the step-time watchdog "
+        "(watchdog.window_steps, watchdog.max_slowdown)",
+    )
     add_report_arguments(parser, required=report_required)
     parser.epilog = (
         "exit codes: 0 done (gate passed), 1 failed (reason printed), "
+        f"{_SLOW} stopped by the step-time watchdog (state saved), "
+        f"{_PEER_LOST} a rank died or is stuck (named), "
         f"{_REQUEUE} SIGUSR1 received: state saved in --state-dir, requeue the job to resume"
     )
 
@@ -132,8 +156,22 @@ def _run_rank(name: str, rank: int, check: Callable[[dict[str, Any]], str]) -> i
     return 0
 
 
+def _expected_step_time(args: argparse.Namespace) -> float | None:
+    if args.expected_step_time_from is None:
+        return None
+    from aqnet.stage import read_json
+    from aqnet.train.watchdog import expected_step_time
+
+    try:
+        return expected_step_time(read_json(args.expected_step_time_from))
+    except ValueError as exc:
+        raise ValueError(f"{args.expected_step_time_from}: {exc}") from exc
+
+
 def _training_check(args: argparse.Namespace, cfg: Mapping[str, Any], stage: str, expected: Any):
     from aqnet.train.loop import run_training
+
+    step_time_s = _expected_step_time(args)
 
     def check(report: dict[str, Any]) -> str:
         result = run_training(
@@ -145,6 +183,8 @@ def _training_check(args: argparse.Namespace, cfg: Mapping[str, Any], stage: str
             init_checkpoint=args.init,
             expected_world_size=expected,
             stop_after_step=args.stop_after_step,
+            fresh=True if args.fresh else None,
+            expected_step_time_s=step_time_s,
         )
         report.update({k: v for k, v in result.items() if k != "rows"})
         if not result["completed"]:
@@ -165,6 +205,7 @@ def _training_check(args: argparse.Namespace, cfg: Mapping[str, Any], stage: str
 def _run(args: argparse.Namespace, stage: str) -> int:
     from aqnet.config import load_resolved
     from aqnet.train.loop import REQUEUE_EXIT_CODE, RequeueRequested
+    from aqnet.train.watchdog import PEER_LOST_EXIT_CODE, SLOW_EXIT_CODE, PeerLost, RunTooSlow
 
     setup_logging()
     cfg = load_resolved(args.config)
@@ -190,7 +231,11 @@ def _run(args: argparse.Namespace, stage: str) -> int:
             )
 
     else:
-        check = _training_check(args, cfg, stage, expected)
+        try:
+            check = _training_check(args, cfg, stage, expected)
+        except (ValueError, OSError) as exc:
+            print(f"{stage}: FAIL - {exc}", file=sys.stderr, flush=True)
+            return 1
     rank = _launch_rank()
     try:
         if rank == 0:
@@ -199,6 +244,12 @@ def _run(args: argparse.Namespace, stage: str) -> int:
     except RequeueRequested as exc:
         print(f"{stage}: REQUEUE - {exc}", flush=True)
         return REQUEUE_EXIT_CODE
+    except RunTooSlow as exc:
+        print(f"{stage}: STOPPED - {exc}", flush=True)
+        return SLOW_EXIT_CODE
+    except PeerLost as exc:
+        print(f"{stage}: FAIL - {exc}", flush=True)
+        return PEER_LOST_EXIT_CODE
 
 
 def run_train(args: argparse.Namespace) -> int:

@@ -24,11 +24,20 @@
   state left off. ``SIGUSR1`` (Slurm's ``--signal=USR1@<seconds>`` before the time limit) makes
   every rank finish its step, save the state and stop with :class:`RequeueRequested`; the CLI
   exits with :data:`REQUEUE_EXIT_CODE` (75, ``EX_TEMPFAIL`` of ``sysexits.h``: "try again").
+  A finished state whose outputs were written is archived and the run starts afresh (a
+  deliberate rerun), as is any state with ``AQNET_FRESH=1`` (:mod:`aqnet.train.resume`); a
+  failed write names the file, the free space and the last good checkpoint
+  (:func:`aqnet.stage.atomic_save`);
+* **watchdog** - with validate_short's step time, a median step time over ``watchdog.max_slowdown``
+  x it saves the state and stops (:class:`~aqnet.train.watchdog.RunTooSlow`); in a multi-rank run a
+  heartbeat names a dead or stuck rank within ``watchdog.peer_timeout_s`` / ``stall_timeout_s``
+  (:class:`~aqnet.train.watchdog.PeerLost`).
 
 Stage outputs (``out_dir``, rank 0): ``baseline`` - ``baseline.ckpt`` (Lightning layout, the weights
 of the best validation and that loss) and ``wind_orders.npz``; ``finetune`` - ``final.ckpt``
-(Lightning layout, the final weights and their validation loss) and ``summary.json``; every
-stage - ``metrics.csv``. The fine-tune and ``validate_short`` start from ``init_checkpoint``,
+(Lightning layout, the final weights and their validation loss) and ``summary.json``;
+``validate_short`` - ``final.ckpt`` (what the ``rehearse_report`` gate evaluates); every stage -
+``metrics.csv``. The fine-tune and ``validate_short`` start from ``init_checkpoint``,
 loaded only through :func:`aqnet.checkpoint.load_weights` (the audited path).
 
 ``validate_short`` runs the fine-tune's first ``gates.validate_short_steps`` steps with the full
@@ -46,7 +55,7 @@ import signal
 import statistics
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +67,7 @@ from torch.utils.data import DataLoader
 from aqnet.config import POLLUTANTS
 from aqnet.losses import masked_mse, masked_sq_err_sums
 from aqnet.model.presets import input_variables
-from aqnet.stage import StageFailure, write_json
+from aqnet.stage import StageFailure, WriteFailure, write_json
 from aqnet.train.distributed import DistContext, init_distributed
 from aqnet.train.metrics import Progress, metric_columns, write_metrics
 from aqnet.train.optim import (
@@ -66,6 +75,14 @@ from aqnet.train.optim import (
     build_param_groups,
     build_scheduler,
     group_lrs,
+)
+from aqnet.train.resume import (
+    FRESH_ENV,
+    archive_state,
+    current_job_id,
+    fresh_requested,
+    mark_complete,
+    plan_start,
 )
 from aqnet.train.sampling import ResumableDistributedSampler
 from aqnet.train.state import (
@@ -77,6 +94,7 @@ from aqnet.train.state import (
     restore_rng,
     save_state,
 )
+from aqnet.train.watchdog import RunTooSlow, StepWatchdog, name_lost_peer, start_heartbeat
 
 log = logging.getLogger("aqnet.train")
 
@@ -97,7 +115,7 @@ REQUEUE_EXIT_CODE = 75
 
 OUTPUT_FILES = {
     "baseline": ("baseline.ckpt", "wind_orders.npz", "metrics.csv"),
-    "validate_short": ("metrics.csv",),
+    "validate_short": ("final.ckpt", "metrics.csv"),
     "finetune": ("final.ckpt", "metrics.csv", "summary.json"),
 }
 
@@ -218,6 +236,8 @@ def run_training(
     expected_world_size: int | None = None,
     stop_after_step: int | None = None,
     resume: bool | None = None,
+    fresh: bool | None = None,
+    expected_step_time_s: float | None = None,
 ) -> dict[str, Any]:
     """Train one stage; see the module docstring.
 
@@ -233,7 +253,12 @@ def run_training(
         stop_after_step: debugging - return right after this optimizer step, as if the process had
             been killed there (no extra checkpoint is written).
         resume: continue from ``<state_dir>/last.pt`` when present (default: every stage but
-            ``validate_short``).
+            ``validate_short``); a finished state whose outputs were written starts afresh
+            (:mod:`aqnet.train.resume`).
+        fresh: start afresh even from an unfinished state, keeping it under a dated name
+            (default: the ``AQNET_FRESH`` environment variable).
+        expected_step_time_s: validate_short's measured step time; arms the step-time watchdog
+            (:mod:`aqnet.train.watchdog`, ``<stage>.watchdog``).
 
     Returns:
         ``{"stage", "steps_done", "run_steps", "completed", "stopped_after_step", "resumed_from",
@@ -245,6 +270,8 @@ def run_training(
     Raises:
         TrainingDiverged: a NaN/inf loss or gradient norm.
         RequeueRequested: ``SIGUSR1`` arrived; the state is saved.
+        RunTooSlow: the step-time watchdog stopped the run; the state is saved.
+        PeerLost: a rank died or is stuck (multi-rank runs; the heartbeat names it).
         LaunchError: the ranks were not started as configured.
         ValueError: bad settings, a checkpoint that does not fit (``CheckpointError``), a resume
             state from a different run (``ResumeError``).
@@ -261,8 +288,9 @@ def run_training(
         timeout_s=float(tcfg["dist_timeout_s"]),
         expected_world_size=expected_world_size,
     )
+    heartbeat = start_heartbeat(ctx, tcfg["watchdog"])
     try:
-        with _usr1_flag() as usr1:
+        with _usr1_flag() as usr1, name_lost_peer(heartbeat):
             trainer = _Trainer(
                 cfg,
                 stage=stage,
@@ -272,10 +300,15 @@ def run_training(
                 state_dir=Path(state_dir),
                 init_checkpoint=None if init_checkpoint is None else Path(init_checkpoint),
                 resume=(stage != "validate_short") if resume is None else resume,
+                fresh=fresh_requested() if fresh is None else fresh,
+                expected_step_time_s=expected_step_time_s,
+                tick=heartbeat.tick if heartbeat is not None else None,
                 usr1=usr1,
             )
             return trainer.run(stop_after_step=stop_after_step)
     finally:
+        if heartbeat is not None:
+            heartbeat.stop()
         ctx.close()
 
 
@@ -297,6 +330,9 @@ class _Trainer:
         state_dir: Path,
         init_checkpoint: Path | None,
         resume: bool,
+        fresh: bool = False,
+        expected_step_time_s: float | None = None,
+        tick: Callable[[], None] | None = None,
         usr1: threading.Event,
     ) -> None:
         from aqnet.data import (
@@ -315,7 +351,20 @@ class _Trainer:
         self.out_dir = out_dir
         self.state_path = state_dir / STATE_FILE
         self.usr1 = usr1
+        self.tick = tick or (lambda: None)
         self.plan = plan_batches(cfg, stage, world_size=ctx.world_size)
+        wcfg = self.tcfg["watchdog"]
+        self.watchdog = (
+            None
+            if expected_step_time_s is None
+            else StepWatchdog(
+                expected_step_time_s=float(expected_step_time_s),
+                window_steps=int(wcfg["window_steps"]),
+                max_slowdown=float(wcfg["max_slowdown"]),
+            )
+        )
+        self.slow = False  # this rank's watchdog tripped; all ranks stop at the next step
+        self.steps_this_process = 0
         self.lead_times = [int(h) for h in cfg["lead_times_h"]]
         self.start_time = time.perf_counter()
         if ctx.is_main:
@@ -354,7 +403,7 @@ class _Trainer:
 
         state = None
         if resume:
-            state = load_state(self.state_path)
+            state = self._start_state(fresh=fresh)
         elif ctx.is_main and self.state_path.exists():
             log.info("%s starts afresh: ignoring %s", stage, self.state_path)
         self.init_report: dict[str, Any] | None = None
@@ -486,14 +535,50 @@ class _Trainer:
             **{k: self.tcfg[k] for k in keys},
         }
 
-    def _restore(self, state: Mapping[str, Any]) -> None:
+    def _start_state(self, *, fresh: bool) -> dict[str, Any] | None:
+        """The state to resume from, or ``None`` after archiving it for a fresh start."""
+        try:
+            state = load_state(self.state_path)
+        except ResumeError:
+            if not fresh:
+                raise
+            state = {"step": -1}  # unreadable, archived below
+        plan = plan_start(
+            state,
+            self.state_path.parent,
+            run_steps=self.plan.run_steps,
+            fresh=fresh,
+            job_id=current_job_id(),
+        )
+        if plan.action == "resume":
+            return plan.state
+        if plan.action == "fresh":
+            if not fresh and state is not None:
+                self._check_fingerprint(state)  # other settings: refused, whatever the step
+            self.ctx.barrier()  # every rank has read the state before it moves
+            if self.ctx.is_main:
+                moved = archive_state(self.state_path.parent)
+                log.info(
+                    "%s starts afresh: %s (%s)",
+                    self.stage,
+                    plan.reason,
+                    ", ".join(str(p) for p in moved),
+                )
+            self.ctx.barrier()
+        return None
+
+    def _check_fingerprint(self, state: Mapping[str, Any]) -> None:
         diffs = fingerprint_differences(state.get("fingerprint", {}), self._fingerprint())
         if diffs:
             listing = "; ".join(f"{k}: {a!r} (state) vs {b!r} (now)" for k, (a, b) in diffs.items())
             raise ResumeError(
                 f"resume state {self.state_path} was written by a different run ({listing}); "
-                "restore the settings, or move the state away to start the stage afresh"
+                f"restore the settings, or start the stage afresh with {FRESH_ENV}=1 (the state "
+                "is kept under a dated name)"
             )
+
+    def _restore(self, state: Mapping[str, Any]) -> None:
+        self._check_fingerprint(state)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -558,9 +643,11 @@ class _Trainer:
                 loss = masked_mse(pred.float(), y, mask)
                 (loss / accum).backward()
             loss_sum += loss.detach().double()
-        # One collective for the loss and the requeue flag.
-        flag = torch.tensor(float(self.usr1.is_set()), dtype=torch.float64, device=self.device)
-        packed = self.ctx.all_reduce_sum(torch.stack([loss_sum / accum, flag])).cpu()
+        # One collective for the loss, the requeue flag and the watchdog's flag.
+        flags = torch.tensor(
+            [float(self.usr1.is_set()), float(self.slow)], dtype=torch.float64, device=self.device
+        )
+        packed = self.ctx.all_reduce_sum(torch.cat([(loss_sum / accum).reshape(1), flags])).cpu()
         train_loss = float(packed[0]) / self.ctx.world_size
         step = self.step + 1
         if not math.isfinite(train_loss):
@@ -595,7 +682,40 @@ class _Trainer:
             "samples_per_s": self.plan.global_batch / dt,
             "step_time_s": dt,
             "requeue": float(packed[1]) > 0,
+            "slow": float(packed[2]) > 0,
         }
+
+    def _watch(self, step_time_s: float) -> None:
+        """Feed the watchdog (not the first step of a process: start-up and warm-up)."""
+        self.tick()
+        self.steps_this_process += 1
+        if self.watchdog is None or self.steps_this_process == 1:
+            return
+        self.watchdog.observe(step_time_s)
+        self.slow = self.slow or self.watchdog.tripped()
+
+    def _too_slow(self) -> RunTooSlow:
+        """Every rank: the worst rank's median, named, in one message (after the state save)."""
+        assert self.watchdog is not None  # only armed runs raise the flag
+        medians = self.ctx.all_gather_object(self.watchdog.median_s() or 0.0)
+        worst = max(range(len(medians)), key=lambda r: medians[r])
+        host = self.ctx.ranks[worst]["host"] if worst < len(self.ctx.ranks) else "?"
+        slowest = (
+            f"slowest rank {worst} on {host}" if self.ctx.world_size > 1 else "a single process"
+        )
+        message = self.watchdog.message(
+            stage=self.stage,
+            step=self.step,
+            median_s=float(medians[worst]),
+            slowest=slowest,
+            state_path=self.state_path,
+        )
+        return RunTooSlow(
+            message,
+            step=self.step,
+            measured_s=float(medians[worst]),
+            expected_s=self.watchdog.expected_step_time_s,
+        )
 
     def _diverged(self, what: str, value: float, step: int) -> str:
         epoch = (step - 1) // self.steps_per_epoch
@@ -677,6 +797,8 @@ class _Trainer:
             idx = match.to(torch.int64).argmax(dim=1)  # (B,)
             sq.index_add_(0, idx, s.double())
             weight.index_add_(0, idx, w.double())
+            if self.steps_this_process:  # the stall check is armed after the first step
+                self.tick()
         self.ctx.all_reduce_sum(sq)
         self.ctx.all_reduce_sum(weight)
         if self.device.type == "cuda":
@@ -713,7 +835,28 @@ class _Trainer:
     # ------------------------------------------------------------------------------------
 
     def _save_state(self) -> None:
+        """Rank 0 writes ``last.pt``; a failed write stops every rank with rank 0's message."""
         rng = self.ctx.all_gather_object(capture_rng())
+        failure: WriteFailure | None = None
+        if self.ctx.is_main:
+            try:
+                self._write_state(rng)
+            except WriteFailure as exc:
+                failure = exc
+        flag = torch.tensor([float(failure is not None)], device=self.device)
+        if float(self.ctx.all_reduce_max(flag)[0]) > 0:
+            if self.last_checkpoint_step is not None:
+                last = f"step {self.last_checkpoint_step}, in {self.state_path}"
+            else:
+                last = "none yet"
+            where = str(failure) if failure is not None else "rank 0 could not write it"
+            raise StageFailure(
+                f"{self.stage}: checkpoint at step {self.step} failed: {where}; last good "
+                f"checkpoint: {last}. Free space (or fix the file system) and rerun to resume"
+            )
+        self.last_checkpoint_step = self.step
+
+    def _write_state(self, rng: list[Any]) -> None:
         if self.ctx.is_main:
             epoch, pos = divmod(self.step, self.steps_per_epoch)
             save_state(
@@ -731,10 +874,10 @@ class _Trainer:
                     "best": self.best,
                     "init": self.init_report,
                     "world_size": self.ctx.world_size,
+                    "job_id": current_job_id(),
                 },
             )
             self._write_metrics()
-        self.last_checkpoint_step = self.step
 
     def _write_metrics(self) -> None:
         if self.ctx.is_main:
@@ -775,7 +918,7 @@ class _Trainer:
             orders_path = self.out_dir / "wind_orders.npz"
             save_orders(orders_path, self.model.wind_orders(), self.model.orders_params())
             outputs.update(checkpoint=str(path), wind_orders=str(orders_path))
-        elif self.stage == "finetune":
+        else:  # finetune; validate_short's weights let the rehearse_report gate evaluate them
             path = self.out_dir / "final.ckpt"
             save_lightning_checkpoint(
                 path,
@@ -784,6 +927,9 @@ class _Trainer:
                 val_loss=final.get("val_loss"),
                 global_step=self.step,
             )
+            outputs["checkpoint"] = str(path)
+            if self.stage != "finetune":
+                return outputs
             summary_path = self.out_dir / "summary.json"
             write_json(summary_path, self._summary())
             outputs.update(checkpoint=str(path), summary=str(summary_path))
@@ -839,7 +985,8 @@ class _Trainer:
         if self.step > run_steps:
             raise ResumeError(
                 f"resume state {self.state_path} is at step {self.step}, beyond this run's "
-                f"{run_steps} steps; move it away to start afresh"
+                f"{run_steps} steps; start afresh with {FRESH_ENV}=1 (the state is kept under a "
+                "dated name)"
             )
         if not self.rows:
             row: dict[str, Any] = {"step": 0, "epoch": 0.0}
@@ -854,12 +1001,14 @@ class _Trainer:
         while self.step < run_steps:
             row = self._train_step()
             requeue = row.pop("requeue")
+            slow = row.pop("slow")
+            self._watch(row["step_time_s"])
             last = self.step == run_steps
             if self.step % val_every == 0 or last:
                 self._record_validation(row)
             self.rows.append(row)
             self.progress.update(row)
-            if self.step % ckpt_every == 0 or last or requeue:
+            if self.step % ckpt_every == 0 or last or requeue or slow:
                 self._save_state()
             elif row.get("val_loss") is not None:
                 self._write_metrics()
@@ -871,11 +1020,15 @@ class _Trainer:
                     step=self.step,
                     state_path=self.state_path,
                 )
+            if slow and not last:
+                raise self._too_slow()
             if stop_after_step is not None and self.step >= stop_after_step and not last:
                 stopped = self.step
                 break
         completed = self.step >= run_steps
         outputs = self._write_outputs() if completed else {}
+        if completed and self.ctx.is_main:
+            mark_complete(self.state_path.parent, stage=self.stage, step=self.step, outputs=outputs)
         val_rows = [r for r in self.rows if r.get("val_loss") is not None]
         return {
             "stage": self.stage,

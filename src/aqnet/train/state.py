@@ -1,7 +1,9 @@
 """The resumable training state: ``<state_dir>/last.pt``.
 
-One file, written atomically by rank 0 (temporary file, fsync, rename: a kill during the write
-leaves the previous state intact), holding everything needed to continue a run exactly:
+One file, written atomically by rank 0 (temporary file, fsync, rename, fsync of the folder:
+a kill, a full disk or a lost write during the save leaves the previous state intact, and the
+failure names the file and the free space - :class:`aqnet.stage.WriteFailure`), holding
+everything needed to continue a run exactly:
 
 =================  ============================================================================
 key                content
@@ -101,9 +103,22 @@ def _tuples(value: Any) -> Any:
 
 
 def save_state(path: str | Path, state: Mapping[str, Any]) -> None:
-    """Write the resume state atomically (``torch.save`` to a temporary file, then rename)."""
+    """Write the resume state atomically (``torch.save`` to a temporary file, fsync, rename).
+
+    ``torch.save`` writes through a Python file object so that a full disk surfaces as
+    ``OSError(ENOSPC)`` rather than as the zip writer's ``unexpected pos``.
+
+    Raises:
+        WriteFailure: the write failed; the message names the file, the error and the free space,
+            and the previous state at ``path`` is intact.
+    """
     payload = {"format": STATE_FORMAT, **state}
-    atomic_save(lambda tmp: torch.save(payload, tmp), path)
+
+    def write(tmp: Path) -> None:
+        with tmp.open("wb") as fh:
+            torch.save(payload, fh)
+
+    atomic_save(write, path)
 
 
 def load_state(path: str | Path) -> dict[str, Any] | None:
