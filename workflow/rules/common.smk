@@ -190,10 +190,30 @@ def resolved_config(variant: str) -> dict:
     return resolved
 
 
+def mask_files() -> list[str]:
+    """The file build_cache reads the loss mask from, when it is not the data's own."""
+    mask = CFG["data"]["mask"]
+    if mask["source"] == "file":
+        if not mask["file"]:
+            raise WorkflowError("data.mask.source is 'file' but data.mask.file is null")
+        return [mask["file"]]
+    if mask["source"] == "checkpoint":
+        if not CFG["baseline"]["checkpoint"]:
+            raise WorkflowError(
+                "data.mask.source is 'checkpoint' but baseline.checkpoint is null: the mask of a "
+                "baseline trained here would need the cache it is trained on"
+            )
+        return [CFG["baseline"]["checkpoint"]]
+    return []
+
+
 def shared_config(scope: str) -> dict:
     """The config of the variant-independent stages of ``scope`` (a key of SHARED_SCOPES)."""
     shared: dict = {}
-    for dotted in SHARED_SCOPES[scope]:
+    dotted_keys = SHARED_SCOPES[scope]
+    if scope == "data" and CFG["data"]["mask"]["source"] == "checkpoint":
+        dotted_keys += ("baseline.checkpoint",)  # the china_mask buffer is read from it
+    for dotted in dotted_keys:
         *parents, key = dotted.split(".")
         source, target = CFG, shared
         for part in parents:

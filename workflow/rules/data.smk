@@ -26,6 +26,7 @@ rule build_cache:
     input:
         config=expand(rules.resolve_shared_config.output.config, scope="data"),
         files=input_files(),
+        mask=mask_files(),
     output:
         meta=result("cache/meta.json"),
     log:
