@@ -1,6 +1,7 @@
-"""Evaluate the baseline and the fine-tuned model on the same validation samples.
+"""Evaluate the baseline and the fine-tuned model on the same samples of one split.
 
-:func:`evaluate` runs both models over the same items of one split of the cache and writes
+:func:`evaluate` runs both models over the same items of one split of the cache (``report.split``,
+the test year by default) and writes
 ``evaluation.nc`` (netCDF through xarray) with:
 
 =====================  ===========================================  ===============================
@@ -194,7 +195,7 @@ def evaluate(
     finetuned_ckpt: str | Path,
     out: str | Path | None,
     *,
-    split: str = "val",
+    split: str | None = None,
     device: str | None = None,
 ) -> xr.Dataset:
     """Evaluate both models on the same items of ``split`` and write ``out`` (module docstring).
@@ -205,7 +206,8 @@ def evaluate(
         baseline_ckpt: the baseline checkpoint.
         finetuned_ckpt: the fine-tune's ``final.ckpt``.
         out: the netCDF file to write (atomically); ``None`` only returns the dataset.
-        split: ``"val"`` (default) or ``"test"``.
+        split: ``"val"`` or ``"test"``; default ``report.split`` of the config (the test year:
+            the validation year selects checkpoints and monitors the fine-tune).
         device: ``auto``/``cpu``/``cuda``; default ``finetune.device`` of the config.
 
     Returns:
@@ -216,6 +218,7 @@ def evaluate(
 
     cache_dir = Path(cache_dir)
     rcfg = cfg["report"]
+    split = str(rcfg.get("split", "test")) if split is None else split
     lead_times = [int(h) for h in cfg["lead_times_h"]]
     dev = resolve_device(device or cfg["finetune"].get("device", "auto"))
     stats = load_stats(cache_dir)
