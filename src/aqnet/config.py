@@ -136,6 +136,24 @@ def variant_config(config: Mapping[str, Any], name: str) -> dict[str, Any]:
     return merged
 
 
+CONTROL_OVERRIDES: dict[str, Any] = {"model": {"elevation_bias": False}}
+"""The control arm's overrides when ``variants`` does not define ``report.control`` itself."""
+
+
+def with_control_arm(config: Mapping[str, Any]) -> dict[str, Any]:
+    """``config`` with the control arm ``report.control`` among its variants.
+
+    The control runs the same steps, recipe, seed and data as every other variant with the
+    elevation bias off (:data:`CONTROL_OVERRIDES`); a variant of that name the user defines is
+    kept as given. With ``report.control: null`` nothing is added.
+    """
+    out = copy.deepcopy(dict(config))
+    control = out.get("report", {}).get("control")
+    if control is not None and control not in out["variants"]:
+        out["variants"][control] = copy.deepcopy(CONTROL_OVERRIDES)
+    return out
+
+
 def dump_config(config: Mapping[str, Any], path: str | Path) -> None:
     """Write a resolved config as YAML (what each stage of one variant reads)."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
