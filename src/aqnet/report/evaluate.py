@@ -214,7 +214,7 @@ def evaluate(
         The evaluation dataset (as written).
     """
     from aqnet.data import CacheDataset, load_static, load_stats, make_loader, read_meta
-    from aqnet.losses import masked_sq_err_sums
+    from aqnet.evaluation import ErrorSums, sample_mse
 
     cache_dir = Path(cache_dir)
     rcfg = cfg["report"]
@@ -248,7 +248,9 @@ def evaluate(
     valid_time = np.full((n_s, n_l), np.datetime64("NaT", "ns"), dtype="datetime64[ns]")
     init_time = np.full(n_s, np.datetime64("NaT", "ns"), dtype="datetime64[ns]")
     sq_map = torch.zeros((2, n_c, ny, nx), dtype=torch.float64)
-    w_map = torch.zeros((ny, nx), dtype=torch.float64)
+    w_map = torch.zeros((n_c, ny, nx), dtype=torch.float64)  # mask x finite target, per pollutant
+    # The one evaluation pass (aqnet.evaluation), as training validation and smoke_forward do it.
+    sums = [ErrorSums(lead_times_h=lead_times, pollutants=POLLUTANTS, device=dev) for _ in MODELS]
 
     done = 0
     for batch in loader:
@@ -261,11 +263,14 @@ def evaluate(
                     f"evaluate: the {MODELS[m]} model returned {tuple(pred.shape)} for a target "
                     f"of shape {tuple(y.shape)}"
                 )
-            sq, weight = masked_sq_err_sums(pred, y, mask)  # (B, C), (B,)
-            per = (sq / weight.clamp_min(1e-12)[:, None]).double().cpu().numpy()  # (B, C)
-            per[weight.cpu().numpy() <= 0] = np.nan
-            m4 = mask.to(torch.float64)[:, None]  # (B, 1, H, W)
-            sq_map[m] += ((pred.double() - y.double()).square() * m4).sum(0).cpu()  # (C, H, W)
+            sq, weight = sums[m].add(pred, y, mask, lead)  # (B, C), (B, C)
+            per = sample_mse(sq, weight).cpu().numpy()  # (B, C), NaN where nothing to score
+            finite = torch.isfinite(y)  # (B, C, H, W)
+            w4 = mask.to(torch.float64)[:, None] * finite  # (B, C, H, W)
+            err = torch.where(finite, pred.double() - y.double(), 0.0)  # (B, C, H, W)
+            sq_map[m] += (err.square() * w4).sum(0).cpu()  # (C, H, W)
+            if m == 0:
+                w_map += w4.sum(0).cpu()  # (C, H, W)
             for k in range(b):
                 year, tindex, lead_h, vt = infos[items[done + k]]
                 s, j = start_index[(int(year), int(tindex))], lead_index[int(round(lead_h))]
@@ -273,13 +278,12 @@ def evaluate(
                 if m == 0:
                     valid_time[s, j] = np.datetime64(vt, "ns")
                     init_time[s] = np.datetime64(vt, "ns") - np.timedelta64(int(lead_h), "h")
-        w_map += mask.to(torch.float64).sum(0).cpu()  # (H, W)
         done += b
         log.info("evaluate: %d / %d items", done, len(items))
 
     with np.errstate(invalid="ignore", divide="ignore"):
         maps = (sq_map / w_map).numpy()  # (2, C, H, W)
-    maps[:, :, w_map.numpy() <= 0] = np.nan
+    maps[:, w_map.numpy() <= 0] = np.nan  # (2, C, H, W) NaN where nothing was scored
     ds = evaluation_dataset(
         mse=mse,
         std=std,
