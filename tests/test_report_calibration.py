@@ -207,6 +207,24 @@ def test_gain_over_control_is_success_only_below_the_threshold(losses):
     assert v.threshold == 0.34
 
 
+def test_a_negligible_gain_over_the_control_is_not_a_success(losses):
+    t = losses["times"]
+    tiny = losses["control"] * 0.995  # 0.5 % better than the control, on every sample
+    vs_b = calibrated_test(losses["baseline"], tiny, t, min_block_days=4, new_name="tiny")
+    vs_c = calibrated_test(losses["control"], tiny, t, min_block_days=4, ref_name="control")
+    assert vs_c.significant_improvement
+    v = attributed_verdict(
+        "tiny", vs_baseline=vs_b, vs_control=vs_c, control="control", threshold=None,
+        min_gain_pct=2.0,
+    )  # fmt: skip
+    assert v.verdict == "NOT ATTRIBUTABLE" and "negligible 0.50 %" in v.reason
+    v = attributed_verdict(
+        "tiny", vs_baseline=vs_b, vs_control=vs_c, control="control", threshold=None,
+        min_gain_pct=0.2,
+    )  # fmt: skip
+    assert v.verdict == "SUCCESS"
+
+
 def test_worse_than_control_is_a_regression(losses):
     vs_b, vs_c = _tests(losses, "worse")
     v = attributed_verdict("worse", vs_baseline=vs_b, vs_control=vs_c, control="c", threshold=None)

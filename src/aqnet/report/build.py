@@ -238,6 +238,7 @@ def build_report(
         control=control,
         threshold=threshold,
         threshold_source=threshold_source,
+        min_gain_pct=float(rcfg["min_gain_pct"]),
     )
     for name, vd in verdicts.items():
         log.info("report: %s: %s", name, vd.line)
@@ -310,6 +311,7 @@ def build_report(
             "min_block_hours": rcfg["block_hours"],
             "split": rcfg["split"],
             "control": control,
+            "min_gain_pct": rcfg["min_gain_pct"],
             "multiple_comparisons": "Holm, across the variants (vs control; vs baseline)",
         },
         "variants": {
