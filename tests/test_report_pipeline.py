@@ -259,6 +259,9 @@ def test_report_builds_every_file(report_run):
     # the two start times lie on one day: too few blocks for a test, so nothing is significant
     assert result["vs_control"]["n_days"] == 1 and result["vs_control"]["p_value"] == 1.0
     assert result["verdict"] != "SUCCESS"
+    # per lead time (4) and per pollutant (6) against the control, Holm within each family
+    assert [r["family"] for r in result["breakdown"]] == ["lead_time_h"] * 4 + ["pollutant"] * 6
+    assert all(r["p_holm"] >= r["p_value"] for r in result["breakdown"])
     assert set(result["variants"]) == {"default", "alpha0"}
     zero = result["variants"]["alpha0"]
     assert zero["verdict"] == "CONTROL"

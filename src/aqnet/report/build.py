@@ -56,6 +56,7 @@ import pandas as pd
 
 from aqnet.report import analysis, figures
 from aqnet.report.attribution import AttributedVerdict, judge_variants
+from aqnet.report.breakdown import breakdown_tests
 from aqnet.report.calibrated import CalibratedTest
 from aqnet.report.inputs import (
     WIND_ORDER_FILE,
@@ -243,6 +244,13 @@ def build_report(
     for name, vd in verdicts.items():
         log.info("report: %s: %s", name, vd.line)
 
+    breakdown = breakdown_tests(
+        main.evaluation,
+        rcfg,
+        ev_ref=None if control is None else variants[control].evaluation,
+        ref_name=control or "baseline",
+        new_name=primary,
+    )
     comparison = _comparison(variants, verdicts, vs_baseline, rcfg, cfg["launch"])
     best = _best_variant(variants, verdicts, control=control)
 
@@ -330,6 +338,7 @@ def build_report(
             for i, name in enumerate(variants)
         },
         "best_variant": best,
+        "breakdown": breakdown.to_dict(orient="records"),
         "gates": gates,
         "gain_by_elevation": bands.to_dict(orient="records"),
         "gain_by_terrain": terrain.to_dict(orient="records"),
@@ -337,7 +346,9 @@ def build_report(
         "files": {k: p.name for k, p in paths.items()},
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
-    md, body = _summary(result, rmse, comparison, bands, terrain, regions, gates, tag)
+    md, body = _summary(
+        result, rmse, comparison, bands, terrain, regions, gates, tag, breakdown=breakdown
+    )
     atomic_write_bytes(paths["summary_md"], md.encode())
     atomic_write_bytes(paths["summary_html"], _summary_html(body, out_dir).encode())
     write_json(paths["verdict"], result)
@@ -444,6 +455,8 @@ def _summary(
     regions: pd.DataFrame,
     gates: list[dict[str, Any]],
     tag: str,
+    *,
+    breakdown: pd.DataFrame,
 ) -> tuple[str, list[tuple[str, Any]]]:
     """The summary as markdown, and as a list of (kind, content) blocks for the HTML page."""
     blocks: list[tuple[str, Any]] = []
@@ -469,6 +482,18 @@ def _summary(
         f"{result['baseline_val_loss']:.4f} ({result['baseline_val_loss_source']})."
     )
     blocks.append(("p", text))
+    if not breakdown.empty:
+        ref = result["control"] or "baseline"
+        blocks.append(("h2", f"By lead time and pollutant ({tag} vs {ref}, {result['split']})"))
+        blocks.append(
+            (
+                "p",
+                "Each row a calibrated paired test with its CI; p_holm is Holm-adjusted within "
+                "the lead times and within the pollutants. RMSE in physical units on the "
+                "evaluated split; published_rmse is the study's figure where it gives one.",
+            )
+        )
+        blocks.append(("table", breakdown))
     best = result["best_variant"]
     if len(result["variants"]) > 1:
         blocks.append(("h2", "Variants"))
