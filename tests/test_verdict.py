@@ -130,3 +130,86 @@ def test_demo_terrain_blocks_descending_flow_when_downslope():
     assert u[0, 1] == 5.0  # up the slope: free
     with pytest.raises(ValueError, match="blocked_flow must be one of"):
         terrain_wind(u, u, gx, gy, blocked_flow="sideways")
+
+
+# -- seeds -----------------------------------------------------------------------------------
+
+
+def test_seeds_expand_every_variant_and_group_back():
+    from aqnet.config import seed_groups, with_control_arm, with_seeds
+
+    cfg = validate_config({"finetune": {"seeds": [3, 4, 5]}, "variants": {"default": {}}})
+    out = with_seeds(with_control_arm(cfg))
+    assert list(out["variants"]) == [
+        "default", "default-seed4", "default-seed5",
+        "no_elevation_bias", "no_elevation_bias-seed4", "no_elevation_bias-seed5",
+    ]  # fmt: skip
+    assert out["variants"]["default"]["finetune"]["seed"] == 3
+    assert out["variants"]["no_elevation_bias-seed5"] == {
+        "model": {"elevation_bias": False},
+        "finetune": {"seed": 5},
+    }
+    groups = seed_groups(list(out["variants"]))
+    assert groups == {
+        "default": ["default", "default-seed4", "default-seed5"],
+        "no_elevation_bias": [
+            "no_elevation_bias", "no_elevation_bias-seed4", "no_elevation_bias-seed5"
+        ],
+    }  # fmt: skip
+    assert seed_groups(["a-seed1"]) == {"a-seed1": ["a-seed1"]}  # no base run: its own variant
+    assert with_seeds(validate_config({}))["variants"] == {"default": {}}  # seeds null
+
+
+def test_a_gain_within_the_seed_spread_is_not_a_success():
+    from aqnet.report.attribution import attributed_verdict
+    from aqnet.report.seeds import seed_test
+
+    times = np.datetime64("2018-01-01T00", "ns") + np.arange(120) * np.timedelta64(1, "D")
+    rng = np.random.default_rng(0)
+    control = 0.3 + 0.02 * rng.random(120)
+    new = control * 0.95  # 5 % better on every sample of the pooled runs
+    vs_c = calibrated_test(control, new, times, min_block_days=4, ref_name="control")
+    vs_b = calibrated_test(control * 1.1, new, times, min_block_days=4)
+    noisy = seed_test([0.30, 0.26, 0.33], [0.29, 0.25, 0.31], ref_name="control", new_name="x")
+    steady = seed_test([0.300, 0.301, 0.299], [0.285, 0.286, 0.284], ref_name="c", new_name="x")
+    assert noisy.p_value > 0.05 and steady.p_value < 0.05
+    common = {"vs_baseline": vs_b, "vs_control": vs_c, "control": "control", "threshold": None}
+    assert attributed_verdict("x", **common, min_gain_pct=2.0, seeds=steady).verdict == "SUCCESS"
+    v = attributed_verdict("x", **common, min_gain_pct=2.0, seeds=noisy)
+    assert v.verdict == "NOT ATTRIBUTABLE" and "beyond the spread between seeds" in v.reason
+    one = attributed_verdict("x", **common, min_gain_pct=2.0, seeds=None)
+    assert one.verdict == "SUCCESS" and "the spread between training runs is not measured" in (
+        one.reason
+    )
+    assert seed_test([0.3], [0.2, 0.1], ref_name="c", new_name="x") is None
+
+
+def test_pooled_runs_average_the_errors(tmp_path):
+    import dataclasses
+
+    from aqnet.report.inputs import VariantResults
+    from aqnet.report.seeds import pool_runs, run_means
+    from test_report_calibration import _evaluation
+
+    rng = np.random.default_rng(1)
+    base = 0.4 + rng.random((20, 4, 6))
+    evs = [_evaluation(np.stack([base, base * f])) for f in (0.8, 0.9, 1.0)]
+    fields = {f.name for f in dataclasses.fields(VariantResults)}
+    runs = [
+        VariantResults(
+            **{
+                **{k: None for k in fields},
+                "name": f"d{i}",
+                "evaluation": ev,
+                "files": {"evaluation": f"d{i}.nc"},
+            }
+        )
+        for i, ev in enumerate(evs)
+    ]
+    pooled = pool_runs(runs)
+    np.testing.assert_allclose(pooled.evaluation["mse"].sel(model="finetuned"), base * 0.9)
+    assert pooled.name == "d0" and pooled.evaluation.attrs["pooled_runs"] == "d0, d1, d2"
+    np.testing.assert_allclose(run_means(runs), [f * base.mean() for f in (0.8, 0.9, 1.0)])
+    other = dataclasses.replace(runs[1], evaluation=evs[1].isel(sample=slice(0, 10)))
+    with pytest.raises(ValueError, match="was evaluated on other samples"):
+        pool_runs([runs[0], other])

@@ -16,7 +16,9 @@ The verdict of one variant, in order of precedence:
 * ``NO IMPROVEMENT`` - its loss on the evaluated samples is not below the threshold, or not
   below the baseline's paired loss on the same samples;
 * ``SUCCESS`` - below the threshold and better than the control, significantly and by at least
-  ``report.min_gain_pct`` percent of the control's loss;
+  ``report.min_gain_pct`` percent of the control's loss, and - with several fine-tune seeds per
+  arm (``finetune.seeds``) - by more than the spread between seeds
+  (:func:`aqnet.report.seeds.seed_test`);
 * ``NOT ATTRIBUTABLE`` - significantly better than the baseline but not (or only negligibly, below
   ``report.min_gain_pct``) than the control, or no control was run: the gain is real, but the
   variant's change is not shown to cause it;
@@ -41,6 +43,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aqnet.report.calibrated import CalibratedTest, holm_tests
+from aqnet.report.seeds import SeedTest
 
 VERDICTS: tuple[str, ...] = (
     "SUCCESS",
@@ -66,6 +69,7 @@ class AttributedVerdict:
     vs_baseline: CalibratedTest
     vs_control: CalibratedTest | None
     control: str | None
+    seeds: SeedTest | None = None
 
     @property
     def line(self) -> str:
@@ -90,6 +94,7 @@ class AttributedVerdict:
             "control": self.control,
             "vs_baseline": self.vs_baseline.to_dict(),
             "vs_control": None if self.vs_control is None else self.vs_control.to_dict(),
+            "seeds_vs_control": None if self.seeds is None else self.seeds.to_dict(),
         }
 
 
@@ -102,6 +107,7 @@ def attributed_verdict(
     threshold: float | None,
     threshold_source: str = "report.success_threshold",
     min_gain_pct: float = 0.0,
+    seeds: SeedTest | None = None,
 ) -> AttributedVerdict:
     """Decide the verdict of ``variant`` (module docstring).
 
@@ -116,6 +122,7 @@ def attributed_verdict(
         threshold_source: where the threshold came from (stated in the reason).
         min_gain_pct: the smallest gain over the control, in percent of the control's loss,
             that counts as an effect.
+        seeds: the per-seed comparison with the control (``None``: one seed per arm).
 
     Raises:
         ValueError: when the threshold or a loss is not finite.
@@ -140,14 +147,23 @@ def attributed_verdict(
         negligible = (
             f" by more than a negligible {gain_pct:.2f} % (report.min_gain_pct {min_gain_pct:g} %)"
         )
+    beyond_seeds = seeds is None or (seeds.mean_diff < 0 and seeds.p_value < vs_baseline.alpha)
+    if effect and not beyond_seeds:
+        effect = False
+        negligible = f" beyond the spread between seeds ({seeds.describe()})"
     vs_t = (
         f"loss {loss:.4f} {'<' if below else '>='} threshold {threshold:.4f} ({threshold_source})"
     )
     base_txt = f"vs baseline: {vs_baseline.describe()}"
     ctrl_txt = "no control arm was run"
+    seeds_txt = (
+        "one fine-tune seed per arm: the spread between training runs is not measured"
+        if seeds is None
+        else f"seeds: {seeds.describe()}"
+    )
     worse_than_control = vs_control is not None and vs_control.significant_regression
     if vs_control is not None:
-        ctrl_txt = f"vs control: {vs_control.describe()}"
+        ctrl_txt = f"vs control: {vs_control.describe()}; {seeds_txt}"
     if worse_than_control or vs_baseline.significant_regression:
         worse = "the control" if worse_than_control else ""
         if vs_baseline.significant_regression:
@@ -184,6 +200,7 @@ def attributed_verdict(
         vs_baseline=vs_baseline,
         vs_control=vs_control,
         control=control,
+        seeds=seeds,
     )
 
 
@@ -195,6 +212,7 @@ def judge_variants(
     threshold: float | None,
     threshold_source: str = "report.success_threshold",
     min_gain_pct: float = 0.0,
+    seeds: Mapping[str, SeedTest | None] | None = None,
 ) -> dict[str, AttributedVerdict]:
     """Verdicts of every variant but the control, Holm-adjusted within each family.
 
@@ -204,6 +222,8 @@ def judge_variants(
         vs_control: ``{variant: test against the control}`` (the control itself absent).
         control: the control's name, ``None`` when no control was run.
         threshold: see :func:`attributed_verdict`.
+        seeds: ``{variant: per-seed comparison with the control}`` (absent or ``None``: one
+            seed).
 
     Returns:
         ``{variant: verdict}`` in the order of ``vs_baseline``, the control left out.
@@ -224,5 +244,6 @@ def judge_variants(
             threshold=threshold,
             threshold_source=threshold_source,
             min_gain_pct=min_gain_pct,
+            seeds=(seeds or {}).get(name),
         )
     return out

@@ -54,6 +54,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from aqnet.config import seed_groups
 from aqnet.report import analysis, figures
 from aqnet.report.attribution import AttributedVerdict, judge_variants
 from aqnet.report.breakdown import breakdown_tests
@@ -68,6 +69,7 @@ from aqnet.report.inputs import (
     projected_gpu_hours,
     read_json_report,
 )
+from aqnet.report.seeds import pool_runs, run_means, seed_test
 from aqnet.stage import atomic_write_bytes, write_json
 
 log = logging.getLogger("aqnet.report")
@@ -205,9 +207,13 @@ def build_report(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rcfg = cfg["report"]
-    variants = {name: load_variant(name, d) for name, d in variant_dirs.items()}
-    if not variants:
+    runs = {name: load_variant(name, d) for name, d in variant_dirs.items()}
+    if not runs:
         raise ValueError("report: no variant given")
+    # <variant>-seed<s> runs pooled under their variant (finetune.seeds)
+    groups = seed_groups(list(runs))
+    variants = {name: pool_runs([runs[r] for r in members]) for name, members in groups.items()}
+    seed_means = {name: run_means([runs[r] for r in members]) for name, members in groups.items()}
     if primary is None:
         primary = "default" if "default" in variants else next(iter(variants))
     if primary not in variants:
@@ -233,6 +239,10 @@ def build_report(
         for name, v in variants.items()
         if control is not None and name != control
     }
+    seeds = {
+        name: seed_test(seed_means[control], seed_means[name], ref_name=control, new_name=name)
+        for name in vs_control
+    }
     verdicts = judge_variants(
         vs_baseline,
         vs_control,
@@ -240,6 +250,7 @@ def build_report(
         threshold=threshold,
         threshold_source=threshold_source,
         min_gain_pct=float(rcfg["min_gain_pct"]),
+        seeds=seeds,
     )
     for name, vd in verdicts.items():
         log.info("report: %s: %s", name, vd.line)
@@ -330,6 +341,8 @@ def build_report(
                     else {"verdict": "CONTROL", "vs_baseline": vs_baseline[name].to_dict()}
                 ),
                 "settings": variants[name].settings(),
+                "seed_runs": groups[name],
+                "seed_mean_losses": seed_means[name],
                 "final_alphas": variants[name].final_alphas(),
                 "gpu_hours": _finite(comparison.loc[i, "gpu_hours"]),
                 "projected_gpu_hours": _finite(comparison.loc[i, "projected_gpu_hours"]),
