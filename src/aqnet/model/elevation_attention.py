@@ -80,7 +80,11 @@ IMPLS: tuple[str, ...] = ("auto", "flex", "chunked", "sdpa", "reference")
 DIRECTIONS: dict[str, float] = {"uphill": 1.0, "downhill": -1.0}
 """``elevation_bias_direction``: ``uphill`` penalises a query attending a higher key (the TopoFlow
 formula above); ``downhill`` penalises a query attending a lower key, ``relu((elev_i - elev_j) /
-H_scale)`` (the elevations enter negated): the reversed hypothesis, as an ablation."""
+H_scale)`` (the elevations enter negated): the reversed hypothesis, as an ablation. The published
+formula is ``uphill`` (AmmarKheder/TopoFlow, README.md at 8a5eb9f, "TopoFlow Attention Block":
+``bias = -alpha * ReLU((elevation[j] - elevation[i]) / scale)``), while the prose beside it speaks
+of penalising attention "from high-elevation to low-elevation patches": the switch lets the run
+test which sign the data support."""
 
 BiasFn = Callable[..., torch.Tensor | None]
 
