@@ -249,7 +249,7 @@ def test_judge_variants_applies_holm_and_leaves_the_control_out(losses):
     assert "Holm-adjusted p" in out["topoflow"].vs_control.describe()
 
 
-def _evaluation(mse: np.ndarray) -> object:
+def _evaluation(mse: np.ndarray, region_mse: np.ndarray | None = None) -> object:
     from aqnet.config import POLLUTANTS
     from aqnet.report.evaluate import evaluation_dataset
 
@@ -270,6 +270,7 @@ def _evaluation(mse: np.ndarray) -> object:
         lon=np.arange(2.0),
         region_cells=[1, 1],
         attrs={"split": "test"},
+        region_mse=region_mse,
     )
 
 
@@ -283,7 +284,10 @@ def test_breakdown_by_lead_and_pollutant_with_holm():
     ft = base * (1.0 + 0.01 * rng.standard_normal(base.shape))
     pm25 = POLLUTANTS.index("pm25")
     ft[:, :, pm25] *= 0.8  # only PM2.5 gains: 20 % lower MSE at every lead
-    ev = _evaluation(np.stack([base, ft]))
+    region = 0.4 + 0.05 * rng.random((n_s, 4, 4))
+    region_ft = region * (1.0 + 0.01 * rng.standard_normal(region.shape))
+    region_ft[:, :, 3] *= 0.7  # the mountains gain
+    ev = _evaluation(np.stack([base, ft]), np.stack([region, region_ft]))
     cfg = {"significance": 0.05, "block_hours": 24}
     table = breakdown_tests(ev, cfg, ref_name="baseline", new_name="default")
     leads = table[table.family == "lead_time_h"]
@@ -297,3 +301,23 @@ def test_breakdown_by_lead_and_pollutant_with_holm():
     )  # sqrt(mean(mse)) x std, over every sample and lead
     assert polls.loc["pm25", "published_rmse"] == 9.71 and polls.loc["pm25", "units"] == "ug m-3"
     assert (leads.block_days >= 4).all() and (leads.ci_high < 0).all()
+    regions = table[table.family == "region"].set_index("key")
+    assert regions.index.tolist() == ["basin", "plateau", "plain", "mountain"]
+    assert regions["significant"].tolist() == [False, False, False, True]
+    assert (regions.ci_low <= regions.mean_diff).all()
+    assert (regions.mean_diff <= regions.ci_high).all()
+
+
+def test_named_regions_from_terrain_classes():
+    from aqnet.report.analysis import REGION_NAMES, named_region_codes
+
+    # 3 x 4 tiles of 2 x 2 cells at 400 m: a rugged tile, a high flat one, a hollow
+    elev = np.full((6, 8), 400.0)
+    elev[0:2, 0:2] = [[200.0, 1400.0], [300.0, 1500.0]]  # mountain: relief
+    elev[0:2, 6:8] = 1200.0  # plateau: high and flat
+    elev[4:6, 2:4] = 0.0  # basin: lower than its neighbours
+    names = np.array(REGION_NAMES)[named_region_codes(elev, [2, 2])][::2, ::2]  # per tile
+    assert (names[0, 0], names[0, 3], names[2, 1]) == ("mountain", "plateau", "basin")
+    assert names[1, 1] == names[2, 3] == "plain"
+    with pytest.raises(ValueError, match="does not tile the 6x8 grid"):
+        named_region_codes(elev, [4, 4])

@@ -108,13 +108,18 @@ def evaluations(setup: dict[str, Any]) -> dict[str, Any]:
 
 def test_evaluate_with_alpha_zero_equals_the_baseline(evaluations):
     ds = evaluations["alpha0"]
-    sizes = {"model": 2, "sample": 2, "lead_time": 4, "pollutant": 6, "y": 16, "x": 32}
+    sizes = {"model": 2, "sample": 2, "lead_time": 4, "pollutant": 6, "y": 16, "x": 32, "region": 4}
     assert dict(ds.sizes) == sizes
     mse = ds["mse"]
     assert np.isfinite(mse.values).all()
     np.testing.assert_allclose(
         mse.sel(model="finetuned").values, mse.sel(model="baseline").values, rtol=1e-5
     )
+    regions = ds["region_mse"]  # basin, plateau, plain, mountain; NaN where a class is absent
+    np.testing.assert_allclose(
+        regions.sel(model="finetuned").values, regions.sel(model="baseline").values, rtol=1e-5
+    )
+    assert np.isfinite(regions.values).any()
     maps = ds["sq_err_map"]
     np.testing.assert_allclose(
         maps.sel(model="finetuned").values, maps.sel(model="baseline").values, rtol=1e-5
@@ -259,8 +264,11 @@ def test_report_builds_every_file(report_run):
     # the two start times lie on one day: too few blocks for a test, so nothing is significant
     assert result["vs_control"]["n_days"] == 1 and result["vs_control"]["p_value"] == 1.0
     assert result["verdict"] != "SUCCESS"
-    # per lead time (4) and per pollutant (6) against the control, Holm within each family
-    assert [r["family"] for r in result["breakdown"]] == ["lead_time_h"] * 4 + ["pollutant"] * 6
+    # per lead time (4), per pollutant (6) and per named region against the control, Holm within
+    # each family
+    families = [r["family"] for r in result["breakdown"]]
+    assert families[:10] == ["lead_time_h"] * 4 + ["pollutant"] * 6
+    assert set(families[10:]) == {"region"} and len(families) > 10
     assert all(r["p_holm"] >= r["p_value"] for r in result["breakdown"])
     assert set(result["variants"]) == {"default", "alpha0"}
     zero = result["variants"]["alpha0"]

@@ -322,6 +322,42 @@ def _terrain_class(mean_m: np.ndarray, relief_m: np.ndarray) -> np.ndarray:
     return out
 
 
+REGION_NAMES: tuple[str, ...] = ("basin", "plateau", "plain", "mountain")
+"""The named regions of :func:`named_region_codes`, by code."""
+
+
+def named_region_codes(elevation_m: np.ndarray, region_cells: Sequence[int]) -> np.ndarray:
+    """Each grid cell's named region (an index into :data:`REGION_NAMES`), from terrain classes.
+
+    The grid is cut into tiles of ``region_cells`` (the wind-scan regions); each tile is a
+    ``mountain`` (relief in the top third), a ``basin`` (lower than its neighbours by more than a
+    quarter of the spread of the tile means), a ``plateau`` (otherwise, mean height above the
+    2/3 quantile of the tiles') or a ``plain``; every cell takes its tile's class.
+
+    Args:
+        elevation_m: ``(H, W)`` terrain height in metres.
+        region_cells: ``(rows, cols)`` cells per tile; must tile the grid.
+
+    Returns:
+        ``(H, W)`` int64 codes.
+    """
+    h_m = np.asarray(elevation_m, dtype=np.float64)
+    ch, cw = (int(c) for c in region_cells)
+    h, w = h_m.shape
+    if ch < 1 or cw < 1 or h % ch or w % cw:
+        raise ValueError(f"region size {ch}x{cw} cells does not tile the {h}x{w} grid")
+    ry, rx = h // ch, w // cw
+    tiles = h_m.reshape(ry, ch, rx, cw).transpose(0, 2, 1, 3).reshape(ry, rx, ch * cw)
+    mean = tiles.mean(axis=2)
+    relief = np.percentile(tiles, 90, axis=2) - np.percentile(tiles, 10, axis=2)
+    terrain = _terrain_class(mean, relief)  # basin / mountain / plain
+    terrain[terrain == "outside"] = "plain"
+    high = mean > np.quantile(mean, 2.0 / 3.0)
+    terrain[(terrain == "plain") & high & (np.ptp(mean) > 0)] = "plateau"
+    codes = np.vectorize(REGION_NAMES.index)(terrain).astype(np.int64)  # (ry, rx)
+    return np.repeat(np.repeat(codes, ch, axis=0), cw, axis=1)
+
+
 def gain_by_region(
     ev: xr.Dataset, elevation_m: np.ndarray, *, region_cells: Sequence[int]
 ) -> tuple[pd.DataFrame, np.ndarray]:

@@ -1,6 +1,7 @@
-"""The verdict's comparison broken down by lead time and by pollutant, each a calibrated paired
-test with its confidence interval, Holm-adjusted within its family (the lead times; the
-pollutants), with the RMSE in physical units beside the published figure.
+"""The verdict's comparison broken down by lead time, by pollutant and by named region (basin,
+plateau, plain, mountain: :func:`aqnet.report.analysis.named_region_codes`), each a calibrated
+paired test with its confidence interval, Holm-adjusted within its family (the lead times; the
+pollutants; the regions), with the RMSE in physical units beside the published figure.
 
 The per-sample loss of one lead time is the sample's masked MSE at that lead averaged over the
 pollutants; of one pollutant, averaged over the lead times (:mod:`aqnet.report.analysis`'s
@@ -26,13 +27,13 @@ PUBLISHED_RMSE: dict[str, tuple[float, str]] = {"pm25": (9.71, "ug m-3")}
 """RMSE the study reports for the TopoFlow model, by pollutant (value, units)."""
 
 
-def _per_sample(ev: xr.Dataset, model: str, dim_mean: str) -> pd.DataFrame:
-    """``(init_time x key)`` per-sample loss of ``model``, averaged over ``dim_mean``."""
-    mse = ev["mse"].sel(model=model)  # (sample, lead_time, pollutant)
+def _per_sample(ev: xr.Dataset, model: str, dim_mean: str, var: str = "mse") -> pd.DataFrame:
+    """``(init_time x key)`` per-sample loss of ``model`` in ``var``, averaged over ``dim_mean``."""
+    mse = ev[var].sel(model=model)  # (sample, lead_time, pollutant | region)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices stay NaN
         table = mse.mean(dim_mean, skipna=True)  # (sample, key)
-    key = "pollutant" if dim_mean == "lead_time" else "lead_time"
+    key = next(d for d in mse.dims if d not in ("sample", dim_mean))
     frame = pd.DataFrame(
         table.transpose("sample", key).values,
         index=pd.DatetimeIndex(ev["init_time"].values),
@@ -67,7 +68,8 @@ def breakdown_tests(
         ref_name, new_name: names for the table.
 
     Returns:
-        One row per lead time then per pollutant: ``family`` (``lead_time_h`` / ``pollutant``),
+        One row per lead time, per pollutant, then per named region (when the evaluation holds
+        ``region_mse``): ``family`` (``lead_time_h`` / ``pollutant`` / ``region``),
         ``key``, ``n_samples``, ``block_days``, ``mean_ref``, ``mean_new``, ``mean_diff``,
         ``change_pct``, ``ci_low``, ``ci_high``, ``p_value``, ``p_holm``, ``significant``, and
         for pollutants ``units``, ``rmse_ref``, ``rmse_new`` (physical units, test year) and
@@ -80,12 +82,15 @@ def breakdown_tests(
         str(p): str(u)
         for p, u in zip(ev_new["pollutant"].values, ev_new["units"].values, strict=True)
     }
-    for family, dim_mean in (("lead_time_h", "pollutant"), ("pollutant", "lead_time")):
-        new = _per_sample(ev_new, FINETUNED, dim_mean)
+    families = [("lead_time_h", "pollutant", "mse"), ("pollutant", "lead_time", "mse")]
+    if "region_mse" in ev_new and (ev_ref is None or "region_mse" in ev_ref):
+        families.append(("region", "lead_time", "region_mse"))
+    for family, dim_mean, var in families:
+        new = _per_sample(ev_new, FINETUNED, dim_mean, var)
         if ev_ref is None:
-            ref = _per_sample(ev_new, BASELINE, dim_mean)
+            ref = _per_sample(ev_new, BASELINE, dim_mean, var)
         else:
-            ref = _per_sample(ev_ref, FINETUNED, dim_mean)
+            ref = _per_sample(ev_ref, FINETUNED, dim_mean, var)
         ref, new = ref.align(new, join="inner", axis=0)
         family_rows = []
         for key in new.columns:

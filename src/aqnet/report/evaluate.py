@@ -13,6 +13,9 @@ variable               dimensions                                   meaning
                                                                     over samples and lead times,
                                                                     normalised units; NaN where the
                                                                     domain mask is never set
+``region_mse``         ``(model, sample, lead_time, region)``       masked MSE over each named
+                                                                    region (basin, plateau, plain,
+                                                                    mountain), mean of pollutants
 =====================  ===========================================  ===============================
 
 Coordinates: ``model`` (``baseline``, ``finetuned``); ``sample`` (one forecast start: the input
@@ -51,7 +54,7 @@ import xarray as xr
 from torch import nn
 
 from aqnet.config import POLLUTANTS
-from aqnet.report.analysis import BASELINE, FINETUNED, MODELS
+from aqnet.report.analysis import BASELINE, FINETUNED, MODELS, REGION_NAMES, named_region_codes
 from aqnet.stage import atomic_save
 
 log = logging.getLogger("aqnet.report")
@@ -251,6 +254,12 @@ def evaluate(
     w_map = torch.zeros((n_c, ny, nx), dtype=torch.float64)  # mask x finite target, per pollutant
     # The one evaluation pass (aqnet.evaluation), as training validation and smoke_forward do it.
     sums = [ErrorSums(lead_times_h=lead_times, pollutants=POLLUTANTS, device=dev) for _ in MODELS]
+    # named regions (terrain classes of the wind-scan tiles): per-sample errors in each
+    codes = named_region_codes(np.asarray(static["elevation_m"]), info["region_cells"])  # (H, W)
+    onehot = torch.stack(
+        [torch.as_tensor(codes == r, dtype=torch.float64) for r in range(len(REGION_NAMES))]
+    ).to(dev)  # (R, H, W)
+    region_mse = np.full((2, n_s, n_l, len(REGION_NAMES)), np.nan)
 
     done = 0
     for batch in loader:
@@ -269,12 +278,16 @@ def evaluate(
             w4 = mask.to(torch.float64)[:, None] * finite  # (B, C, H, W)
             err = torch.where(finite, pred.double() - y.double(), 0.0)  # (B, C, H, W)
             sq_map[m] += (err.square() * w4).sum(0).cpu()  # (C, H, W)
+            r_sq = torch.einsum("bchw,rhw->br", err.square() * w4, onehot)  # (B, R)
+            r_w = torch.einsum("bchw,rhw->br", w4, onehot)  # (B, R)
+            per_region = sample_mse(r_sq, r_w).cpu().numpy()  # (B, R), NaN where empty
             if m == 0:
                 w_map += w4.sum(0).cpu()  # (C, H, W)
             for k in range(b):
                 year, tindex, lead_h, vt = infos[items[done + k]]
                 s, j = start_index[(int(year), int(tindex))], lead_index[int(round(lead_h))]
                 mse[m, s, j] = per[k]
+                region_mse[m, s, j] = per_region[k]
                 if m == 0:
                     valid_time[s, j] = np.datetime64(vt, "ns")
                     init_time[s] = np.datetime64(vt, "ns") - np.timedelta64(int(lead_h), "h")
@@ -296,6 +309,7 @@ def evaluate(
         lat=np.asarray(static["lat"], dtype=np.float64),
         lon=np.asarray(static["lon"], dtype=np.float64),
         region_cells=info["region_cells"],
+        region_mse=region_mse,
         attrs={
             "variant": str(cfg.get("variant", "default")),
             "split": split,
@@ -335,6 +349,7 @@ def evaluation_dataset(
     lon: np.ndarray,
     region_cells: Sequence[int],
     attrs: Mapping[str, Any] | None = None,
+    region_mse: np.ndarray | None = None,
 ) -> xr.Dataset:
     """Assemble the evaluation dataset (layout in the module docstring).
 
@@ -350,6 +365,8 @@ def evaluation_dataset(
         lat: ``(H,)``; lon: ``(W,)``.
         region_cells: ``(rows, cols)`` grid cells of one wind-scan region (gain by region).
         attrs: further attributes (variant, split, checkpoints, ...).
+        region_mse: ``(2, S, L, R)`` masked MSE over the cells of each named region
+            (:data:`aqnet.report.analysis.REGION_NAMES`), averaged over pollutants; optional.
     """
     mse = np.asarray(mse, dtype=np.float64)
     n_models, n_s, n_l, n_c = mse.shape
@@ -368,7 +385,7 @@ def evaluation_dataset(
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         **dict(attrs or {}),
     }
-    return xr.Dataset(
+    ds = xr.Dataset(
         data_vars={
             "mse": (
                 ("model", "sample", "lead_time", "pollutant"),
@@ -408,6 +425,18 @@ def evaluation_dataset(
         },
         attrs=all_attrs,
     )
+    if region_mse is not None:
+        ds["region_mse"] = xr.DataArray(
+            np.asarray(region_mse, dtype=np.float64),
+            dims=("model", "sample", "lead_time", "region"),
+            coords={"region": list(REGION_NAMES)},
+            attrs={
+                "long_name": "masked mean squared error over each named region (terrain class), "
+                "mean over pollutants",
+                "units": "1 (normalised)",
+            },
+        )
+    return ds
 
 
 def _finite_or_nan(value: float | None) -> float:
@@ -419,7 +448,7 @@ def write_evaluation(ds: xr.Dataset, path: str | Path) -> Path:
     path = Path(path)
     encoding = {
         name: {"zlib": True, "complevel": 4}
-        for name in ("mse", "rmse_phys", "sq_err_map")
+        for name in ("mse", "rmse_phys", "sq_err_map", "region_mse")
         if name in ds
     }
     atomic_save(lambda tmp: ds.to_netcdf(tmp, engine="netcdf4", encoding=encoding), path)
