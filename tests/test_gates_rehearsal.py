@@ -29,7 +29,8 @@ def variant(tiny_config: dict[str, Any], tiny_cache: Path, tmp_path_factory: Any
     cfg["finetune"].update(TRAIN)
     cfg["gates"]["validate_short_steps"] = 2
     cfg["validation"].update(samples=4, batch_size=2)
-    cfg["report"].update(eval_batch_size=4, bootstrap_samples=100)
+    # One variant, no control arm: the rehearsal of a report, not of the verdict's comparison.
+    cfg["report"].update(eval_batch_size=4, bootstrap_samples=100, control=None)
     cfg = variant_config(cfg, "default")
     run_training(
         cfg,

@@ -24,10 +24,10 @@ import yaml
 
 from aqnet.cli import main
 from aqnet.config import POLLUTANTS, dump_config, variant_config
+from aqnet.report.attribution import VERDICTS
 from aqnet.report.build import OUTPUTS
 from aqnet.report.evaluate import evaluate, open_evaluation
 from aqnet.report.render_check import RenderResult, _problems, check_report, find_chromium
-from aqnet.report.stats import VERDICTS
 
 REPO = Path(__file__).resolve().parents[1]
 CAPTIONS = REPO / "workflow" / "report"
@@ -52,6 +52,7 @@ def setup(tiny_config: dict[str, Any], tiny_cache: Path, tmp_path_factory) -> di
     root = tmp_path_factory.mktemp("report_pipeline")
     cfg = copy.deepcopy(tiny_config)
     cfg["report"].update(eval_batches=1, eval_batch_size=8, block_hours=1, bootstrap_samples=200)
+    cfg["report"].update(split="val", control="alpha0")  # alpha0: the fine-tune with alpha = 0
     cfg["finetune"]["device"] = "cpu"
     cfg = variant_config(cfg, "default")
     config_path = root / "config.yaml"
@@ -107,13 +108,18 @@ def evaluations(setup: dict[str, Any]) -> dict[str, Any]:
 
 def test_evaluate_with_alpha_zero_equals_the_baseline(evaluations):
     ds = evaluations["alpha0"]
-    sizes = {"model": 2, "sample": 2, "lead_time": 4, "pollutant": 6, "y": 16, "x": 32}
+    sizes = {"model": 2, "sample": 2, "lead_time": 4, "pollutant": 6, "y": 16, "x": 32, "region": 4}
     assert dict(ds.sizes) == sizes
     mse = ds["mse"]
     assert np.isfinite(mse.values).all()
     np.testing.assert_allclose(
         mse.sel(model="finetuned").values, mse.sel(model="baseline").values, rtol=1e-5
     )
+    regions = ds["region_mse"]  # basin, plateau, plain, mountain; NaN where a class is absent
+    np.testing.assert_allclose(
+        regions.sel(model="finetuned").values, regions.sel(model="baseline").values, rtol=1e-5
+    )
+    assert np.isfinite(regions.values).any()
     maps = ds["sq_err_map"]
     np.testing.assert_allclose(
         maps.sel(model="finetuned").values, maps.sel(model="baseline").values, rtol=1e-5
@@ -249,18 +255,29 @@ def test_report_builds_every_file(report_run):
     assert result["verdict"] in VERDICTS and result["variant"] == "default"
     assert report_run["stdout"].startswith(f"report: {result['verdict']}: ")
     assert result["final_val_loss"] == pytest.approx(1.17)  # last validated step of metrics.csv
-    assert result["threshold"] == pytest.approx(1.25)  # success_threshold null: the baseline's
-    assert result["threshold_source"].startswith("baseline val_loss, baseline checkpoint")
-    assert result["test"]["n_samples"] == 2 and result["test"]["n_blocks"] == 2
+    # success_threshold null: the baseline's paired mean loss on the same samples
+    assert result["threshold"] == pytest.approx(result["vs_baseline"]["mean_ref"])
+    assert result["threshold_source"] == "the baseline's paired mean loss on the same samples"
+    assert result["split"] == "val" and result["control"] == "alpha0"
+    assert result["vs_baseline"]["n_samples"] == 2
+    assert result["vs_control"]["ref_name"] == "alpha0"
+    # the two start times lie on one day: too few blocks for a test, so nothing is significant
+    assert result["vs_control"]["n_days"] == 1 and result["vs_control"]["p_value"] == 1.0
+    assert result["verdict"] != "SUCCESS"
+    # per lead time (4), per pollutant (6) and per named region against the control, Holm within
+    # each family
+    families = [r["family"] for r in result["breakdown"]]
+    assert families[:10] == ["lead_time_h"] * 4 + ["pollutant"] * 6
+    assert set(families[10:]) == {"region"} and len(families) > 10
+    assert all(r["p_holm"] >= r["p_value"] for r in result["breakdown"])
     assert set(result["variants"]) == {"default", "alpha0"}
     zero = result["variants"]["alpha0"]
-    assert zero["test"]["mean_diff"] == pytest.approx(0.0, abs=1e-6)
+    assert zero["verdict"] == "CONTROL"
+    assert zero["vs_baseline"]["mean_diff"] == pytest.approx(0.0, abs=1e-6)
     assert zero["settings"]["h_scale_m"] == 500.0
     assert zero["gpu_hours"] == pytest.approx((8 * 0.2 + 3 * 1.0) / 3600 * 1 * 4.0)
     best = result["best_variant"]
-    assert best["name"] in {"default", "alpha0"} and best["vs_baseline"]["n_samples"] == 2
-    if best["name"] != "default":
-        assert best["vs_default"]["ref_name"] == "default"
+    assert best["name"] == "default" and best["verdict"] == result["verdict"]  # control excluded
     assert [g["status"] for g in result["gates"]] == ["PASS"] * 7
     md = (out / "summary.md").read_text()
     assert md.splitlines()[2] == f"## Verdict: {result['verdict']} (variant default)"

@@ -606,7 +606,7 @@ def _reduced_config(
     cfg["gates"].update(validate_short_steps=2)
     cfg["finetune"].update(steps=4, val_every=2, checkpoint_every=2, batch_size=4)
     cfg["launch"].update(nodes=2, tasks_per_node=2)
-    cfg["report"].update(eval_batches=1, bootstrap_samples=100)
+    cfg["report"].update(eval_batches=1, bootstrap_samples=100, control=None)  # one chain
     cfg["variants"] = {"default": {}}
     return validate_config(cfg, source="tests/test_slurm.py")
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from aqnet.losses import masked_mse, masked_mse_per_channel, masked_sq_err_sums
+from aqnet.losses import masked_error_sums, masked_mse, masked_mse_per_channel
 from aqnet.train.cost import measured_times, project_cost, validation_passes
 from aqnet.train.distributed import (
     LaunchError,
@@ -65,10 +65,10 @@ def test_masked_sums_add_up_over_batches() -> None:
     gen = torch.Generator().manual_seed(1)
     pred, target = torch.randn(4, 2, 3, 3, generator=gen), torch.randn(4, 2, 3, 3, generator=gen)
     mask = torch.ones(3, 3)
-    sq_a, w_a = masked_sq_err_sums(pred[:1], target[:1], mask)
-    sq_b, w_b = masked_sq_err_sums(pred[1:], target[1:], mask)
-    assert sq_a.shape == (1, 2) and w_b.shape == (3,)
-    whole = (sq_a.sum() + sq_b.sum()) / (2 * (w_a.sum() + w_b.sum()))
+    sq_a, w_a = masked_error_sums(pred[:1], target[:1], mask)
+    sq_b, w_b = masked_error_sums(pred[1:], target[1:], mask)
+    assert sq_a.shape == (1, 2) and w_b.shape == (3, 2)
+    whole = (sq_a.sum() + sq_b.sum()) / (w_a.sum() + w_b.sum())
     assert torch.allclose(whole, masked_mse(pred, target, mask), rtol=1e-6)
 
 

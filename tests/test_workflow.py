@@ -42,7 +42,8 @@ def workflow_config(tiny_config: dict[str, Any], **sections: Any) -> dict[str, A
     Tiny training runs (20 baseline steps, 2 short-validation steps, 6 fine-tune steps) and small
     validation and evaluation sets. The gates keep their default ``gates.val_loss_rtol``: every
     validation pass evaluates the same 8 samples, so the smoke and short-run losses reproduce the
-    baseline's recorded one to float error.
+    baseline's recorded one to float error. No control arm (``report.control: null``) unless a
+    test asks for one, so the runs stay short.
     """
     cfg = copy.deepcopy(tiny_config)
     train = {"batch_size": 4, "val_every": 10, "checkpoint_every": 10}
@@ -50,7 +51,7 @@ def workflow_config(tiny_config: dict[str, Any], **sections: Any) -> dict[str, A
     cfg["finetune"].update(train, steps=6, val_every=3, checkpoint_every=3)
     cfg["validation"].update(samples=8, batch_size=4)
     cfg["gates"].update(validate_short_steps=2)
-    cfg["report"].update(eval_batches=2, bootstrap_samples=200)
+    cfg["report"].update(eval_batches=2, bootstrap_samples=200, control=None)
     cfg["launch"].update(step_time_estimate_s=0.5)
     cfg.pop("variant", None)
     cfg.update(copy.deepcopy(sections))
@@ -133,23 +134,28 @@ TWO_VARIANTS = {"default": {}, "blocks01": {"model": {"topoflow_blocks": [0, 1]}
 
 
 def test_demo_dag_has_every_stage_once(tmp_path: Path) -> None:
-    """The embedded demo (config.yaml): one variant, every stage once, rule all by default."""
+    """The embedded demo (config.yaml): default, the reversed direction and the control arm, each
+    stage once per variant, rule all by default."""
     result = run_snakemake(tmp_path, REPO / "config.yaml", "--dry-run")
     assert result.returncode == 0, result.stdout
-    assert job_counts(result.stdout) == expected_counts(1)
+    assert job_counts(result.stdout) == expected_counts(3)
+    assert "results/variants/no_elevation_bias/evaluation.nc" in result.stdout
 
 
 def test_two_variant_dag_and_each_audit_expects_its_keys(
     tmp_path: Path, tiny_config: dict[str, Any]
 ) -> None:
-    """Shared stages once, each variant its own chain; the audit keys follow topoflow_blocks."""
+    """Shared stages once, each variant its own chain, the control arm report.control added as a
+    third; the audit keys follow topoflow_blocks."""
     from aqnet.config import load_resolved
     from aqnet.gates.audit import build_model, expected_missing_keys
 
-    cfg_path = write_config(tmp_path, workflow_config(tiny_config, variants=TWO_VARIANTS))
+    cfg = workflow_config(tiny_config, variants=TWO_VARIANTS)
+    cfg["report"]["control"] = "no_elevation_bias"
+    cfg_path = write_config(tmp_path, cfg)
     result = run_snakemake(tmp_path, cfg_path, "--dry-run", "--printshellcmds")
     assert result.returncode == 0, result.stdout
-    assert job_counts(result.stdout) == expected_counts(2)
+    assert job_counts(result.stdout) == expected_counts(3)
     # Locally no launcher: one process, world size 1.
     assert re.search(r"Shell command: aqnet finetune .* --world-size 1 ", result.stdout)
     assert "srun" not in result.stdout
@@ -159,7 +165,7 @@ def test_two_variant_dag_and_each_audit_expects_its_keys(
         assert f"--report results/variants/{variant}/audit_checkpoint.json" in result.stdout
 
     # The resolve_config rules for real (cheap): what each audit will read and expect.
-    targets = [f"results/variants/{v}/config.yaml" for v in TWO_VARIANTS]
+    targets = [f"results/variants/{v}/config.yaml" for v in [*TWO_VARIANTS, "no_elevation_bias"]]
     result = run_snakemake(tmp_path, cfg_path, *targets)
     assert result.returncode == 0, result.stdout
     expected = {
@@ -179,6 +185,10 @@ def test_two_variant_dag_and_each_audit_expects_its_keys(
         cfg = load_resolved(path)
         assert cfg["variant"] == variant
         assert sorted(expected_missing_keys(cfg, build_model(cfg, None))) == sorted(keys)
+    control = load_resolved(tmp_path / "results/variants/no_elevation_bias/config.yaml")
+    assert control["model"]["elevation_bias"] is False  # the control: the bias off, all else same
+    assert control["finetune"] == load_resolved(path)["finetune"]
+    assert control["model"]["topoflow_blocks"] == [0]
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ Usage::
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +134,69 @@ def variant_config(config: Mapping[str, Any], name: str) -> dict[str, Any]:
             raise ConfigError(_format_error(errors[0], f"variant {name!r}", prefix))
     merged["variant"] = name
     return merged
+
+
+CONTROL_OVERRIDES: dict[str, Any] = {"model": {"elevation_bias": False}}
+"""The control arm's overrides when ``variants`` does not define ``report.control`` itself."""
+
+REVERSED_ARM = "downhill"
+REVERSED_OVERRIDES: dict[str, Any] = {"model": {"elevation_bias_direction": "downhill"}}
+"""The reversed-direction arm ``report.reversed_arm`` adds (the hypothesis' sign as an ablation)."""
+
+
+def with_control_arm(config: Mapping[str, Any]) -> dict[str, Any]:
+    """``config`` with the control arm ``report.control`` (and, with ``report.reversed_arm``, the
+    reversed direction :data:`REVERSED_ARM`) among its variants.
+
+    The control runs the same steps, recipe, seed and data as every other variant with the
+    elevation bias off (:data:`CONTROL_OVERRIDES`); the reversed arm the same with
+    ``model.elevation_bias_direction: downhill``. A variant of that name the user defines is kept
+    as given. With ``report.control: null`` no control is added.
+    """
+    out = copy.deepcopy(dict(config))
+    report = out.get("report", {})
+    control = report.get("control")
+    if control is not None and control not in out["variants"]:
+        out["variants"][control] = copy.deepcopy(CONTROL_OVERRIDES)
+    if report.get("reversed_arm") and REVERSED_ARM not in out["variants"]:
+        out["variants"][REVERSED_ARM] = copy.deepcopy(REVERSED_OVERRIDES)
+    return out
+
+
+SEED_SUFFIX = "-seed"
+"""``<variant>-seed<s>``: the run of a variant with fine-tune seed ``s`` (:func:`with_seeds`)."""
+
+
+def with_seeds(config: Mapping[str, Any]) -> dict[str, Any]:
+    """``config`` with one variant per fine-tune seed of ``finetune.seeds``.
+
+    The first seed keeps each variant's name (its seed set to it); every further seed ``s`` adds
+    ``<variant>-seed<s>`` with the same overrides and ``finetune.seed: s``. A variant's own
+    ``finetune.seeds`` override takes precedence. Without seeds nothing changes.
+    """
+    out = copy.deepcopy(dict(config))
+    expanded: dict[str, Any] = {}
+    for name, overrides in out["variants"].items():
+        seeds = (overrides.get("finetune") or {}).get("seeds", out["finetune"].get("seeds"))
+        if not seeds:
+            expanded[name] = overrides
+            continue
+        for i, seed in enumerate(int(s) for s in seeds):
+            run = copy.deepcopy(overrides)
+            run.setdefault("finetune", {})["seed"] = seed
+            expanded[name if i == 0 else f"{name}{SEED_SUFFIX}{seed}"] = run
+    out["variants"] = expanded
+    return out
+
+
+def seed_groups(names: Sequence[str]) -> dict[str, list[str]]:
+    """``{variant: [its runs]}``: ``<variant>-seed<s>`` grouped under ``<variant>`` (in order)."""
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        base, sep, seed = name.rpartition(SEED_SUFFIX)
+        key = base if sep and seed.isdigit() and base in names else name
+        groups.setdefault(key, []).append(name)
+    return groups
 
 
 def dump_config(config: Mapping[str, Any], path: str | Path) -> None:

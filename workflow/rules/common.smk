@@ -1,7 +1,9 @@
 """Helpers shared by the rules (functions only, so ``snakemake --lint`` stays clean).
 
 * ``CFG``: the validated config with defaults filled (``aqnet.config.validate_config``);
-  ``VARIANTS``: the ablation variants, each its own chain under ``results/variants/<name>/``.
+  ``VARIANTS``: the ablation variants, each its own chain under ``results/variants/<name>/``,
+  the control arm ``report.control`` among them (``aqnet.config.with_control_arm``) and one run
+  per seed of ``finetune.seeds`` (``aqnet.config.with_seeds``).
 * ``result(path)``: a path under ``results_dir``.
 * ``resolved_config(variant)`` / ``shared_config(scope)``: what the rules ``resolve_config`` and
   ``resolve_shared_config`` write; each stage reads one of them (a plain input), so a stage
@@ -20,7 +22,13 @@ from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
-from aqnet.config import ConfigError, validate_config, variant_config
+from aqnet.config import (
+    ConfigError,
+    validate_config,
+    variant_config,
+    with_control_arm,
+    with_seeds,
+)
 
 
 def _config_source() -> str:
@@ -32,7 +40,9 @@ def _config_source() -> str:
 
 
 try:
-    CFG = validate_config(config, source=_config_source())
+    # report.control (no_elevation_bias by default) joins the variants: the control arm; then
+    # one run per fine-tune seed of finetune.seeds (<variant>-seed<s>)
+    CFG = with_seeds(with_control_arm(validate_config(config, source=_config_source())))
 except ConfigError as exc:
     # One readable line naming the key (no traceback into the package).
     raise WorkflowError(f"invalid configuration: {exc}") from None

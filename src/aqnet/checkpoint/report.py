@@ -13,7 +13,14 @@ from collections.abc import Sequence
 from typing import Any
 
 TOPOFLOW_FIELDS: frozenset[str] = frozenset(
-    {"topoflow_blocks", "h_scale_m", "elevation_bias", "rel_pos_bias", "attention_impl"}
+    {
+        "topoflow_blocks",
+        "h_scale_m",
+        "elevation_bias",
+        "elevation_bias_direction",
+        "rel_pos_bias",
+        "attention_impl",
+    }
 )
 """ModelConfig fields that only configure the TopoFlow additions: a baseline checkpoint's values
 legitimately differ, so they are reported in ``config_differences`` but left out of the message."""

@@ -41,6 +41,7 @@ def run_make_demo_data(args: argparse.Namespace) -> int:
             hours=demo["hours"],
             ny=demo["ny"],
             nx=demo["nx"],
+            blocked_flow=demo["blocked_flow"],
         )
     except (ConfigError, ValueError, OSError) as exc:
         print(f"make-demo-data: error: {exc}", file=sys.stderr)

@@ -19,7 +19,7 @@ Every validation pass of the pipeline (the baseline's training, ``smoke_forward`
 ``validate_short``, the fine-tune) evaluates the same items: :func:`validation_indices` spreads
 ``validation.samples`` of them evenly over the validation split, and
 :func:`make_validation_loader` splits them over the ranks. The callers sum squared errors over
-items and ranks and divide once (:func:`aqnet.losses.masked_sq_err_sums`), so a validation loss
+items and ranks and divide once (:class:`aqnet.evaluation.ErrorSums`), so a validation loss
 depends neither on the number of ranks nor on the batch size.
 """
 

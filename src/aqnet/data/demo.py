@@ -59,7 +59,11 @@ Wind (m s-1)
     .. math:: \mathbf{u} \leftarrow \mathbf{u} - \beta \max(0, \mathbf{u}\cdot\hat n)\,\hat n
 
     so flow against a steep slope is blocked and turned along the contours (``terrain_wind``;
-    :math:`s_b` = ``BLOCKING_SLOPE``).
+    :math:`s_b` = ``BLOCKING_SLOPE``). That is ``data.demo.blocked_flow: upslope``. The default,
+    ``downslope``, uses the downhill unit vector :math:`-\hat n` (and the downslope gradient)
+    instead: flow *descending* a steep slope is blocked, so a low receptor does not see a high
+    source -- the effect the TopoFlow bias (a low query penalised for attending a high key) can
+    represent, which makes the demo a known-answer test of the verdict.
 
 Temperature (K), pressure (Pa), humidity (%)
     :math:`T = T_{sea} + D \cos(2\pi(\tau - 15)/24) - \Gamma h` with the sea-level temperature
@@ -140,6 +144,12 @@ LAPSE_RATE = 0.0065  # K m-1
 T_STANDARD = 288.15  # K
 P_STANDARD = 101325.0  # Pa
 BLOCKING_SLOPE = 0.02  # s_b: upslope gradient (m/m) over which flow and diffusion are damped
+BLOCKED_FLOWS: dict[str, float] = {"upslope": 1.0, "downslope": -1.0}
+"""``terrain_wind``'s ``blocked_flow``: the sign applied to the uphill unit vector."""
+DEMO_BLOCKED_FLOW = "downslope"
+"""The demo's default (``data.demo.blocked_flow``): an effect the TopoFlow bias can represent, so
+the demo is a known-answer test of the verdict (the formula's direction should help, the reversed
+one should not)."""
 DIFFUSIVITY_M2_S = 1500.0  # K: horizontal eddy diffusivity
 SPINUP_H = 48
 MAX_COURANT = 0.9
@@ -304,21 +314,31 @@ def terrain_wind(
     grad_y: np.ndarray,
     *,
     blocking_slope: float = BLOCKING_SLOPE,
+    blocked_flow: str = "upslope",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Deflect a wind by the terrain: remove the fraction ``beta`` of its component into the slope.
 
     Args:
         u, v: ``(..., ny, nx)`` wind toward east / north, m s-1.
         grad_x, grad_y: ``(ny, nx)`` terrain gradient (m per m).
-        blocking_slope: ``s_b``; ``beta = 1 - exp(-s_par / s_b)`` with ``s_par`` the upslope
-            gradient along the flow.
+        blocking_slope: ``s_b``; ``beta = 1 - exp(-s_par / s_b)`` with ``s_par`` the gradient
+            along the flow in the blocked direction.
+        blocked_flow: ``"upslope"`` blocks flow climbing a steep slope (a high receptor does not
+            see a low source); ``"downslope"`` blocks flow descending one (a low receptor does
+            not see a high source: what the TopoFlow bias, which penalises a low query attending
+            a high key, can represent; see :data:`BLOCKED_FLOWS`).
 
     Returns:
-        ``(u, v)`` of the same shape: blocked against steep upslopes, turned along the contours.
+        ``(u, v)`` of the same shape: blocked against steep slopes in the blocked direction,
+        turned along the contours.
     """
+    if blocked_flow not in BLOCKED_FLOWS:
+        raise ValueError(f"blocked_flow must be one of {list(BLOCKED_FLOWS)}, got {blocked_flow!r}")
     slope = np.hypot(grad_x, grad_y)
     safe = np.where(slope > 0, slope, 1.0)
-    nx_hat, ny_hat = grad_x / safe, grad_y / safe  # uphill unit vector (0 on flat ground)
+    sign = BLOCKED_FLOWS[blocked_flow]
+    # unit vector of the blocked direction: uphill, or downhill (0 on flat ground)
+    nx_hat, ny_hat = sign * grad_x / safe, sign * grad_y / safe
     into = np.maximum(u * nx_hat + v * ny_hat, 0.0) * (slope > 0)  # speed into the slope
     speed = np.hypot(u, v)
     along = into * slope / np.where(speed > 0, speed, 1.0)  # upslope gradient along the flow
@@ -417,6 +437,7 @@ def simulate_tracer(
     hours: int,
     background: float = 0.0,
     blocking: bool = True,
+    blocked_flow: str = "upslope",
 ) -> np.ndarray:
     """One passive tracer in the demo's transport model, for constructed cases (and tests).
 
@@ -429,6 +450,7 @@ def simulate_tracer(
         hours: hours to run from the background state.
         background: inflow and initial value.
         blocking: apply ``terrain_wind`` (and damped diffusion); False ignores the terrain.
+        blocked_flow: the direction ``terrain_wind`` blocks.
 
     Returns:
         ``(hours, ny, nx)`` concentrations at the end of each hour.
@@ -436,7 +458,9 @@ def simulate_tracer(
     h = np.asarray(elevation_m, dtype=np.float64)
     if blocking:
         gx, gy = terrain_gradient(h, dx_m=dx_m, dy_m=dy_m)
-        u, v = terrain_wind(np.asarray(wind_u, float), np.asarray(wind_v, float), gx, gy)
+        u, v = terrain_wind(
+            np.asarray(wind_u, float), np.asarray(wind_v, float), gx, gy, blocked_flow=blocked_flow
+        )
         model = Transport(elevation_m=h, dx_m=dx_m, dy_m=dy_m, background=[background])
     else:
         u, v = np.asarray(wind_u, float), np.asarray(wind_v, float)
@@ -557,7 +581,9 @@ def _static_fields(terrain: Terrain, seed: int) -> _StaticFields:
     )
 
 
-def _meteorology(terrain: Terrain, hours_h: np.ndarray, weather: _Weather) -> dict[str, np.ndarray]:
+def _meteorology(
+    terrain: Terrain, hours_h: np.ndarray, weather: _Weather, *, blocked_flow: str
+) -> dict[str, np.ndarray]:
     """Wind, temperature, pressure, humidity and helpers, each ``(T, ny, nx)``, at ``hours_h``."""
     t = hours_h[:, None, None]  # hours since 1 January 00 UTC (negative in the spin-up)
     ny, nx = terrain.shape
@@ -577,7 +603,7 @@ def _meteorology(terrain: Terrain, hours_h: np.ndarray, weather: _Weather) -> di
     diurnal = 2.0 * np.sin(2 * np.pi * (local_hour - 8.0) / 24.0) / (slope + 0.05)
     u = speed * np.cos(phi) + diurnal * gx
     v = speed * np.sin(phi) + diurnal * gy
-    u, v = terrain_wind(u, v, gx, gy)
+    u, v = terrain_wind(u, v, gx, gy, blocked_flow=blocked_flow)
 
     lat0 = float(terrain.lat[0])
     t_sea = 277.0 + TEMP_AMP * np.cos(theta)
@@ -619,14 +645,19 @@ def _daily_factor(rng: np.random.Generator, hours_h: np.ndarray) -> np.ndarray:
     return np.exp(0.15 * np.interp(hours_h / 24.0, days, xi))
 
 
-def simulate_year(terrain: Terrain, *, seed: int, year: int, hours: int) -> dict[str, np.ndarray]:
-    """All time-varying demo variables of one year, ``(hours, ny, nx)`` float32, rows S to N."""
+def simulate_year(
+    terrain: Terrain, *, seed: int, year: int, hours: int, blocked_flow: str = DEMO_BLOCKED_FLOW
+) -> dict[str, np.ndarray]:
+    """All time-varying demo variables of one year, ``(hours, ny, nx)`` float32, rows S to N.
+
+    ``blocked_flow``: the direction of steep-slope flow the terrain blocks (:func:`terrain_wind`).
+    """
     if hours < 1:
         raise ValueError(f"demo hours must be >= 1, got {hours}")
     rng = np.random.default_rng([seed, year])
     hours_h = np.arange(-SPINUP_H, hours, dtype=np.float64)
     weather = _Weather.draw(rng, hours_h)
-    met = _meteorology(terrain, hours_h, weather)
+    met = _meteorology(terrain, hours_h, weather, blocked_flow=blocked_flow)
     static = _static_fields(terrain, seed)
     daily = _daily_factor(rng, hours_h)
 
@@ -698,9 +729,11 @@ def simulate_year(terrain: Terrain, *, seed: int, year: int, hours: int) -> dict
     return result
 
 
-def demo_dataset(terrain: Terrain, *, seed: int, year: int, hours: int) -> xr.Dataset:
+def demo_dataset(
+    terrain: Terrain, *, seed: int, year: int, hours: int, blocked_flow: str = DEMO_BLOCKED_FLOW
+) -> xr.Dataset:
     """One demo year as an ``xarray.Dataset`` in the input layout (rows north to south)."""
-    fields = simulate_year(terrain, seed=seed, year=year, hours=hours)
+    fields = simulate_year(terrain, seed=seed, year=year, hours=hours, blocked_flow=blocked_flow)
     static = _static_fields(terrain, seed)
     flip = slice(None, None, -1)  # files hold rows from north to south
     lon2d, lat2d = np.meshgrid(terrain.lon, terrain.lat[flip])
@@ -741,6 +774,7 @@ def demo_dataset(terrain: Terrain, *, seed: int, year: int, hours: int) -> xr.Da
             "meteorology and an advection-diffusion transport model",
             "seed": int(seed),
             "year": int(year),
+            "blocked_flow": blocked_flow,
             "Conventions": "CF-1.8",
         },
     )
@@ -754,12 +788,22 @@ def make_demo_data(
     hours: int,
     ny: int,
     nx: int,
+    blocked_flow: str = DEMO_BLOCKED_FLOW,
 ) -> list[Path]:
     """Write ``demo_<year>.nc`` for each year into ``out_dir``; return the paths in year order.
 
+    ``blocked_flow`` (``data.demo.blocked_flow``): the direction of steep-slope flow the terrain
+    blocks (:func:`terrain_wind`).
+
     Raises:
-        ValueError: duplicate years, fewer than 8 rows/columns or no hours.
+        ValueError: duplicate years, fewer than 8 rows/columns, no hours or an unknown
+            ``blocked_flow``.
     """
+    if blocked_flow not in BLOCKED_FLOWS:
+        raise ValueError(
+            f"make_demo_data: blocked_flow must be one of {list(BLOCKED_FLOWS)}, got "
+            f"{blocked_flow!r}"
+        )
     years = [int(y) for y in years]
     if len(set(years)) != len(years) or not years:
         raise ValueError(f"make_demo_data: years must be distinct and non-empty, got {years}")
@@ -774,7 +818,7 @@ def make_demo_data(
     terrain = load_terrain(ny, nx)
     paths = []
     for year in years:
-        ds = demo_dataset(terrain, seed=seed, year=year, hours=hours)
+        ds = demo_dataset(terrain, seed=seed, year=year, hours=hours, blocked_flow=blocked_flow)
         encoding = {
             name: {
                 "dtype": "float32",

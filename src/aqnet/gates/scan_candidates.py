@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from aqnet.losses import masked_sq_err_sums
+from aqnet.evaluation import ErrorSums
 
 CANDIDATES: tuple[str, ...] = ("reference", "off", "global", "regional")
 """The scan orders tried, in this order."""
@@ -51,8 +51,8 @@ def evaluate_scan_orders(
         ``{"candidates": {mode: {"val_loss", "rel_diff", "reproduces"}}, "reproduced_by": [modes],
         "summary": str}``.
     """
-    from aqnet.gates.audit import build_model
     from aqnet.checkpoint import CheckpointError, load_weights
+    from aqnet.gates.audit import build_model
 
     out: dict[str, Any] = {"candidates": {}, "reproduced_by": []}
     for mode in CANDIDATES:
@@ -71,15 +71,15 @@ def evaluate_scan_orders(
             out["candidates"][mode] = {"error": str(exc), "reproduces": False}
             continue
         model.to(device).eval()
-        sq_sum, weight_sum, channels = 0.0, 0.0, 1
+        sums = ErrorSums(
+            lead_times_h=cfg["lead_times_h"],
+            pollutants=list(model.config.out_variables),
+            device=device,
+        )
         for batch in batches:
             x, y, lead, elev, mask = (t.to(device) for t in batch)
-            pred = model(x, lead, elev)  # (B, n_out, H, W)
-            sq, weight = masked_sq_err_sums(pred, y, mask)  # (B, C), (B,)
-            sq_sum += float(sq.sum())
-            weight_sum += float(weight.sum())
-            channels = pred.shape[1]
-        val_loss = sq_sum / (channels * max(weight_sum, 1e-300))
+            sums.add(model(x, lead, elev).float(), y, mask, lead)  # pred: (B, n_out, H, W)
+        val_loss = sums.loss()
         rel = (val_loss - baseline_val_loss) / max(abs(baseline_val_loss), 1e-12)
         entry = {"val_loss": val_loss, "rel_diff": rel, "reproduces": abs(rel) <= rtol}
         out["candidates"][mode] = entry

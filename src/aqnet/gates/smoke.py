@@ -40,9 +40,9 @@ import torch
 from torch import nn
 
 from aqnet.checkpoint import CheckpointError, load_weights
+from aqnet.evaluation import ErrorSums
 from aqnet.gates.audit import build_model, expected_missing_keys
 from aqnet.gates.wind_order import ORDERS_FILE
-from aqnet.losses import masked_sq_err_sums
 from aqnet.orders import OrdersFileError, load_orders, orders_digest
 from aqnet.stage import StageFailure
 
@@ -247,9 +247,13 @@ def smoke_forward(
     rtol = gates["smoke_equal_rtol"]
     losses: list[float] = []
     base_losses: list[float] = []
-    sq_sum = {"finetune": 0.0, "baseline": 0.0}
-    weight_sum = 0.0
-    channels = 0
+    # The one evaluation pass (aqnet.evaluation) of both models, as training validation does it.
+    lead_times = [int(h) for h in cfg["lead_times_h"]]
+    outs = list(model.config.out_variables)
+    sums = {
+        role: ErrorSums(lead_times_h=lead_times, pollutants=outs, device=dev)
+        for role in ("finetune", "baseline")
+    }
     t0 = time.perf_counter()
     with torch.no_grad():
         for i, batch in enumerate(loader):
@@ -280,16 +284,16 @@ def smoke_forward(
                 )
             report.setdefault("output_shape", list(pred.shape))
             pred_base = base(x, lead, elev)
-            sq, weight = masked_sq_err_sums(pred, y, mask)  # (B, C), (B,)
-            sq_base, _ = masked_sq_err_sums(pred_base, y, mask)
+            sq, weight = sums["finetune"].add(pred, y, mask, lead)  # (B, C), (B, C)
+            sq_base, _ = sums["baseline"].add(pred_base, y, mask, lead)
             w = float(weight.sum())
             if not w > 0:
                 raise StageFailure(
-                    f"smoke_forward: validation batch {i} has an empty mask (no grid cell to score)"
+                    f"smoke_forward: validation batch {i} has an empty mask (no grid cell with a "
+                    "finite target to score)"
                 )
-            channels = pred.shape[1]
-            loss = float(sq.sum()) / (channels * w)
-            loss_base = float(sq_base.sum()) / (channels * w)
+            loss = float(sq.sum()) / w
+            loss_base = float(sq_base.sum()) / w
             losses.append(loss)
             base_losses.append(loss_base)
             report["batch_losses"], report["baseline_batch_losses"] = losses, base_losses
@@ -307,17 +311,14 @@ def smoke_forward(
                     f"TopoFlow additions change the output before training (alpha "
                     f"{report['alpha']})"
                 )
-            sq_sum["finetune"] += float(sq.sum())
-            sq_sum["baseline"] += float(sq_base.sum())
-            weight_sum += w
     report["forward_s"] = round(time.perf_counter() - t0, 3)
     if not losses:
         raise StageFailure(f"smoke_forward: the validation split of {cache_dir} yields no batch")
     report["batches"] = len(losses)
     report["max_rel_diff"] = max(_rel(a, b) for a, b in zip(losses, base_losses, strict=True))
-    val_loss = sq_sum["finetune"] / (channels * weight_sum)
+    val_loss = sums["finetune"].loss()
     report["val_loss"] = val_loss
-    report["baseline_model_val_loss"] = sq_sum["baseline"] / (channels * weight_sum)
+    report["baseline_model_val_loss"] = sums["baseline"].loss()
     report["baseline_val_loss"] = baseline_val_loss
 
     rel = (val_loss - baseline_val_loss) / max(abs(baseline_val_loss), 1e-12)

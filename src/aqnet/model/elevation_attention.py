@@ -7,11 +7,13 @@ For query token ``i`` and key token ``j`` with patch-mean elevations ``elev_i``,
     attn = softmax(q k^T / sqrt(d) + bias) v
 
 so attending *uphill* (from a low query to a higher key) is penalised and downhill or flat is free:
-pollution pools in valleys and mountains block its flow. ``alpha`` (``elevation_alpha``, shape
-``[1]``) is learnable and initialised to **0**, so a fine-tune starts exactly at the baseline;
-``H_scale`` (metres) is a persistent buffer. These two are the only state-dict keys a baseline
-checkpoint lacks (plus ``rel_pos_bias`` when the optional relative-position bias is on). The bias
-is the same for every head, so it is formed at most as ``(B, 1, N, N)`` and broadcast over heads.
+pollution pools in valleys and mountains block its flow (``elevation_bias_direction: downhill``
+reverses the sign of the elevation difference, :data:`DIRECTIONS`). ``alpha``
+(``elevation_alpha``, shape ``[1]``) is learnable and initialised to **0**, so a fine-tune starts
+exactly at the baseline; ``H_scale`` (metres) is a persistent buffer. These two are the only
+state-dict keys a baseline checkpoint lacks (plus ``rel_pos_bias`` when the optional
+relative-position bias is on). The bias is the same for every head, so it is formed at most as
+``(B, 1, N, N)`` and broadcast over heads.
 
 An optional learnable bucketed 2-D relative-position bias (``rel_pos_bias``, per head, initialised
 to 0, off by default) adds ``table[h, bucket(dr), bucket(dc)]`` where ``dr``, ``dc`` are the row and
@@ -74,6 +76,15 @@ MIN_CHUNK_ROWS = 32
 """Fewest query rows per chunk (fewer rows make the per-chunk kernels inefficient)."""
 
 IMPLS: tuple[str, ...] = ("auto", "flex", "chunked", "sdpa", "reference")
+
+DIRECTIONS: dict[str, float] = {"uphill": 1.0, "downhill": -1.0}
+"""``elevation_bias_direction``: ``uphill`` penalises a query attending a higher key (the TopoFlow
+formula above); ``downhill`` penalises a query attending a lower key, ``relu((elev_i - elev_j) /
+H_scale)`` (the elevations enter negated): the reversed hypothesis, as an ablation. The published
+formula is ``uphill`` (AmmarKheder/TopoFlow, README.md at 8a5eb9f, "TopoFlow Attention Block":
+``bias = -alpha * ReLU((elevation[j] - elevation[i]) / scale)``), while the prose beside it speaks
+of penalising attention "from high-elevation to low-elevation patches": the switch lets the run
+test which sign the data support."""
 
 BiasFn = Callable[..., torch.Tensor | None]
 
@@ -283,6 +294,7 @@ class TopoFlowAttention(Attention):
         name: str,
         h_scale_m: float = 1000.0,
         elevation_bias: bool = True,
+        elevation_bias_direction: str = "uphill",
         rel_pos_bias: bool = False,
         grid_patches: tuple[int, int] | None = None,
         impl: str = "auto",
@@ -294,6 +306,14 @@ class TopoFlowAttention(Attention):
         if h_scale_m <= 0:
             raise ValueError(f"{name}: h_scale_m must be > 0 metres, got {h_scale_m}")
         self.use_elevation_bias = bool(elevation_bias)
+        if elevation_bias_direction not in DIRECTIONS:
+            raise ValueError(
+                f"{name}: elevation_bias_direction must be one of {list(DIRECTIONS)}, got "
+                f"{elevation_bias_direction!r}"
+            )
+        self.elevation_bias_direction = elevation_bias_direction
+        # downhill: the elevations enter negated, so relu(z_k - z_q) becomes relu(e_q - e_k) / H
+        self.direction_sign = DIRECTIONS[elevation_bias_direction]
         self.impl = impl
         self.chunk_size = chunk_size
         self.elevation_alpha = torch.nn.Parameter(torch.zeros(1))
@@ -362,6 +382,8 @@ class TopoFlowAttention(Attention):
         """``(z, alpha[, table, coords])``: elevations in units of ``H_scale`` (divided once here,
         not once per chunk), the strength, and the relative-position inputs."""
         z = elevation_m / self.H_scale  # (B, N)
+        if self.direction_sign < 0:
+            z = -z  # downhill: relu(z_k - z_q) of -z penalises keys below the query
         inputs: tuple[torch.Tensor, ...] = (z, self.elevation_alpha)
         if self.rel_pos_bias is not None:
             if coords is None:

@@ -79,6 +79,7 @@ class Forecaster(nn.Module):
                         index=i,
                         h_scale_m=mcfg.h_scale_m,
                         elevation_bias=mcfg.elevation_bias,
+                        elevation_bias_direction=mcfg.elevation_bias_direction,
                         rel_pos_bias=mcfg.rel_pos_bias,
                         grid_patches=(hp, wp),
                         attention_impl=mcfg.attention_impl,

@@ -23,6 +23,7 @@ from aqnet.config import MODEL_VARIABLES, POLLUTANTS
 WindScanMode = Literal["off", "global", "regional", "reference"]
 AttentionImpl = Literal["auto", "flex", "sdpa", "chunked", "reference"]
 PosEmbed = Literal["sincos", "learned"]
+ElevationBiasDirection = Literal["uphill", "downhill"]
 
 WIND_SCAN_MODES: tuple[str, ...] = ("off", "global", "regional", "reference")
 ATTENTION_IMPLS: tuple[str, ...] = ("auto", "flex", "sdpa", "chunked", "reference")
@@ -39,6 +40,7 @@ _PIPELINE_KEYS: tuple[str, ...] = (
     "topoflow_blocks",
     "h_scale_m",
     "elevation_bias",
+    "elevation_bias_direction",
     "wind_scan",
     "region_patches",
     "rel_pos_bias",
@@ -68,6 +70,9 @@ class ModelConfig:
         h_scale_m: elevation scale of the TopoFlow bias, in metres.
         elevation_bias: whether the TopoFlow blocks apply the elevation bias (ablation switch;
             the parameters exist either way so checkpoints stay compatible).
+        elevation_bias_direction: ``"uphill"`` (the TopoFlow formula: a query is penalised for
+            attending keys *above* it, ``relu(elev_k - elev_q)``) or ``"downhill"`` (the
+            reverse, ``relu(elev_q - elev_k)``: a test of the hypothesis' sign).
         wind_scan: ``"off"``, ``"global"`` or ``"regional"`` wind-ordered patch scanning, or
             ``"reference"``, the researchers' scan (:mod:`aqnet.model.reference_scan`).
         region_patches: ``(rh, rw)`` region size in patches (regional scan mode).
@@ -96,6 +101,7 @@ class ModelConfig:
     topoflow_blocks: tuple[int, ...] = (0,)
     h_scale_m: float = 1000.0
     elevation_bias: bool = True
+    elevation_bias_direction: ElevationBiasDirection = "uphill"
     wind_scan: WindScanMode = "regional"
     region_patches: tuple[int, int] = (2, 4)
     rel_pos_bias: bool = False

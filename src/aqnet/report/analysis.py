@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from aqnet.report.calibrated import CalibratedTest, calibrated_test, min_block_days_for
 from aqnet.report.stats import PairedTest, block_bootstrap_mean_ci, block_ids, paired_test
 
 BASELINE = "baseline"
@@ -110,6 +111,70 @@ def compare_fine_tunes(
         block_hours=int(report_cfg["block_hours"]),
         alpha=float(report_cfg["significance"]),
         n_boot=int(report_cfg["bootstrap_samples"]),
+        ref_name=ref_name,
+        new_name=new_name,
+    )
+
+
+def min_block_days(ev: xr.Dataset, report_cfg: Mapping[str, Any]) -> int:
+    """Shortest block of the calibrated tests: the longest evaluated lead time (and
+    ``report.block_hours``), in whole days."""
+    return min_block_days_for(
+        [int(h) for h in np.atleast_1d(ev["lead_time"].values)], int(report_cfg["block_hours"])
+    )
+
+
+def calibrated_vs_baseline(
+    ev: xr.Dataset, report_cfg: Mapping[str, Any], *, new_name: str
+) -> CalibratedTest:
+    """The calibrated paired test (:mod:`aqnet.report.calibrated`) of one evaluation's fine-tune
+    against its baseline on the samples where both are finite."""
+    base, ft, times = paired_samples(ev)
+    return calibrated_test(
+        base,
+        ft,
+        times,
+        min_block_days=min_block_days(ev, report_cfg),
+        alpha=float(report_cfg["significance"]),
+        ref_name="baseline",
+        new_name=new_name,
+    )
+
+
+def calibrated_between(
+    ev_ref: xr.Dataset,
+    ev_new: xr.Dataset,
+    report_cfg: Mapping[str, Any],
+    *,
+    ref_name: str,
+    new_name: str,
+) -> CalibratedTest:
+    """The calibrated paired test of two fine-tunes on the forecast start times both evaluated.
+
+    Raises:
+        ValueError: when the two evaluations are of different splits or share fewer than 2
+            samples.
+    """
+    splits = (ev_ref.attrs.get("split"), ev_new.attrs.get("split"))
+    if splits[0] != splits[1]:
+        raise ValueError(
+            f"variants {ref_name!r} and {new_name!r} were evaluated on different splits "
+            f"({splits[0]!r} and {splits[1]!r}): evaluate both on report.split"
+        )
+    ref = pd.Series(sample_losses(ev_ref)[FINETUNED], index=ev_ref["init_time"].values)
+    new = pd.Series(sample_losses(ev_new)[FINETUNED], index=ev_new["init_time"].values)
+    both = pd.concat({"ref": ref, "new": new}, axis=1, join="inner").dropna()
+    if len(both) < 2:
+        raise ValueError(
+            f"variants {ref_name!r} and {new_name!r} share {len(both)} evaluated sample(s) "
+            f"({len(ref)} and {len(new)} evaluated): evaluate both on the same split"
+        )
+    return calibrated_test(
+        both["ref"].to_numpy(),
+        both["new"].to_numpy(),
+        both.index.to_numpy(),
+        min_block_days=min_block_days(ev_new, report_cfg),
+        alpha=float(report_cfg["significance"]),
         ref_name=ref_name,
         new_name=new_name,
     )
@@ -255,6 +320,42 @@ def _terrain_class(mean_m: np.ndarray, relief_m: np.ndarray) -> np.ndarray:
     out[basin] = "basin"
     out[~np.isfinite(mean_m)] = "outside"
     return out
+
+
+REGION_NAMES: tuple[str, ...] = ("basin", "plateau", "plain", "mountain")
+"""The named regions of :func:`named_region_codes`, by code."""
+
+
+def named_region_codes(elevation_m: np.ndarray, region_cells: Sequence[int]) -> np.ndarray:
+    """Each grid cell's named region (an index into :data:`REGION_NAMES`), from terrain classes.
+
+    The grid is cut into tiles of ``region_cells`` (the wind-scan regions); each tile is a
+    ``mountain`` (relief in the top third), a ``basin`` (lower than its neighbours by more than a
+    quarter of the spread of the tile means), a ``plateau`` (otherwise, mean height above the
+    2/3 quantile of the tiles') or a ``plain``; every cell takes its tile's class.
+
+    Args:
+        elevation_m: ``(H, W)`` terrain height in metres.
+        region_cells: ``(rows, cols)`` cells per tile; must tile the grid.
+
+    Returns:
+        ``(H, W)`` int64 codes.
+    """
+    h_m = np.asarray(elevation_m, dtype=np.float64)
+    ch, cw = (int(c) for c in region_cells)
+    h, w = h_m.shape
+    if ch < 1 or cw < 1 or h % ch or w % cw:
+        raise ValueError(f"region size {ch}x{cw} cells does not tile the {h}x{w} grid")
+    ry, rx = h // ch, w // cw
+    tiles = h_m.reshape(ry, ch, rx, cw).transpose(0, 2, 1, 3).reshape(ry, rx, ch * cw)
+    mean = tiles.mean(axis=2)
+    relief = np.percentile(tiles, 90, axis=2) - np.percentile(tiles, 10, axis=2)
+    terrain = _terrain_class(mean, relief)  # basin / mountain / plain
+    terrain[terrain == "outside"] = "plain"
+    high = mean > np.quantile(mean, 2.0 / 3.0)
+    terrain[(terrain == "plain") & high & (np.ptp(mean) > 0)] = "plateau"
+    codes = np.vectorize(REGION_NAMES.index)(terrain).astype(np.int64)  # (ry, rx)
+    return np.repeat(np.repeat(codes, ch, axis=0), cw, axis=1)
 
 
 def gain_by_region(

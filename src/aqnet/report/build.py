@@ -26,10 +26,18 @@ file                        content
 The *primary* variant (``default`` when present, else the first given) is the one the headline
 verdict, the RMSE table, the maps and the gains describe; the comparison covers all of them.
 
-The baseline's val_loss is, in this order: ``baseline.val_loss`` of the config, the value recorded
-in the baseline checkpoint (stored in ``evaluation.nc`` by ``aqnet evaluate``), the
-``audit_checkpoint`` report's. The threshold is ``report.success_threshold``, or that val_loss
-when null.
+The verdicts (:mod:`aqnet.report.attribution`) are computed on the evaluations of
+``report.split`` (the test year by default): each variant against the control arm
+``report.control`` and against the baseline, with the calibrated paired test
+(:mod:`aqnet.report.calibrated`) and Holm's correction across the variants. The *best* variant
+is chosen on the validation year (lowest final val_loss of the fine-tune's monitoring), never on
+the samples it is then judged on.
+
+The baseline's recorded val_loss (for the training figure) is, in this order:
+``baseline.val_loss`` of the config, the value recorded in the baseline checkpoint (stored in
+``evaluation.nc`` by ``aqnet evaluate``), the ``audit_checkpoint`` report's. The verdict's
+threshold is ``report.success_threshold``, or the baseline's paired mean loss on the evaluated
+samples when null.
 """
 
 from __future__ import annotations
@@ -46,7 +54,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from aqnet.config import seed_groups
 from aqnet.report import analysis, figures
+from aqnet.report.attribution import AttributedVerdict, judge_variants
+from aqnet.report.breakdown import breakdown_tests
+from aqnet.report.calibrated import CalibratedTest
 from aqnet.report.inputs import (
     WIND_ORDER_FILE,
     VariantResults,
@@ -57,7 +69,7 @@ from aqnet.report.inputs import (
     projected_gpu_hours,
     read_json_report,
 )
-from aqnet.report.stats import PairedTest, Verdict, verdict
+from aqnet.report.seeds import pool_runs, run_means, seed_test
 from aqnet.stage import atomic_write_bytes, write_json
 
 log = logging.getLogger("aqnet.report")
@@ -122,7 +134,8 @@ def _rmse_change(variants: Mapping[str, VariantResults]) -> pd.DataFrame:
 
 def _comparison(
     variants: Mapping[str, VariantResults],
-    verdicts: Mapping[str, Verdict],
+    verdicts: Mapping[str, AttributedVerdict],
+    vs_baseline: Mapping[str, CalibratedTest],
     report_cfg: Mapping[str, Any],
     launch: Mapping[str, Any],
 ) -> pd.DataFrame:
@@ -130,7 +143,8 @@ def _comparison(
     for name, v in variants.items():
         _, ft, times = analysis.paired_samples(v.evaluation)
         mean, low, high = analysis.loss_ci(ft, times, report_cfg)
-        test = verdicts[name].test
+        test = verdicts[name].vs_baseline if name in verdicts else vs_baseline[name]
+        ctrl = verdicts[name].vs_control if name in verdicts else None
         rows.append(
             {
                 "variant": name,
@@ -144,9 +158,16 @@ def _comparison(
                 "diff_ci_low": test.ci_low,
                 "diff_ci_high": test.ci_high,
                 "p_value": test.p_value,
+                "p_holm": _nan(test.p_adjusted),
+                "diff_vs_control": _nan(None if ctrl is None else ctrl.mean_diff),
+                "control_ci_low": _nan(None if ctrl is None else ctrl.ci_low),
+                "control_ci_high": _nan(None if ctrl is None else ctrl.ci_high),
+                "p_vs_control": _nan(None if ctrl is None else ctrl.p_value),
+                "p_vs_control_holm": _nan(None if ctrl is None else ctrl.p_adjusted),
                 "n_samples": test.n_samples,
                 "n_blocks": test.n_blocks,
-                "verdict": verdicts[name].verdict,
+                "block_days": test.block_days,
+                "verdict": verdicts[name].verdict if name in verdicts else "CONTROL",
                 **{f"alpha_block{b}": a for b, a in v.final_alphas().items()},
                 "gpu_hours": _nan(measured_gpu_hours(v, launch)),
                 "projected_gpu_hours": _nan(projected_gpu_hours(v)),
@@ -186,34 +207,63 @@ def build_report(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rcfg = cfg["report"]
-    variants = {name: load_variant(name, d) for name, d in variant_dirs.items()}
-    if not variants:
+    runs = {name: load_variant(name, d) for name, d in variant_dirs.items()}
+    if not runs:
         raise ValueError("report: no variant given")
+    # <variant>-seed<s> runs pooled under their variant (finetune.seeds)
+    groups = seed_groups(list(runs))
+    variants = {name: pool_runs([runs[r] for r in members]) for name, members in groups.items()}
+    seed_means = {name: run_means([runs[r] for r in members]) for name, members in groups.items()}
     if primary is None:
         primary = "default" if "default" in variants else next(iter(variants))
     if primary not in variants:
         raise ValueError(f"report: primary variant {primary!r} is not among {list(variants)}")
     main = variants[primary]
+    control = rcfg.get("control")
+    _check_arms(variants, rcfg, primary=primary, control=control)
 
     base_val, base_source = baseline_val_loss(cfg, main)
-    if rcfg["success_threshold"] is None:
-        threshold, threshold_source = base_val, f"baseline val_loss, {base_source}"
-    else:
+    threshold: float | None = None
+    threshold_source = "the baseline's paired mean loss on the same samples"
+    if rcfg["success_threshold"] is not None:
         threshold, threshold_source = float(rcfg["success_threshold"]), "report.success_threshold"
 
-    verdicts: dict[str, Verdict] = {}
-    for name, v in variants.items():
-        test = analysis.compare_to_baseline(v.evaluation, rcfg, new_name=name)
-        verdicts[name] = verdict(
-            test,
-            final_val_loss=v.final_val_loss,
-            threshold=threshold,
-            threshold_source=threshold_source,
+    vs_baseline = {
+        name: analysis.calibrated_vs_baseline(v.evaluation, rcfg, new_name=name)
+        for name, v in variants.items()
+    }
+    vs_control = {
+        name: analysis.calibrated_between(
+            variants[control].evaluation, v.evaluation, rcfg, ref_name=control, new_name=name
         )
-        log.info("report: %s: %s", name, verdicts[name].line)
+        for name, v in variants.items()
+        if control is not None and name != control
+    }
+    seeds = {
+        name: seed_test(seed_means[control], seed_means[name], ref_name=control, new_name=name)
+        for name in vs_control
+    }
+    verdicts = judge_variants(
+        vs_baseline,
+        vs_control,
+        control=control,
+        threshold=threshold,
+        threshold_source=threshold_source,
+        min_gain_pct=float(rcfg["min_gain_pct"]),
+        seeds=seeds,
+    )
+    for name, vd in verdicts.items():
+        log.info("report: %s: %s", name, vd.line)
 
-    comparison = _comparison(variants, verdicts, rcfg, cfg["launch"])
-    best = _best_variant(variants, comparison, rcfg)
+    breakdown = breakdown_tests(
+        main.evaluation,
+        rcfg,
+        ev_ref=None if control is None else variants[control].evaluation,
+        ref_name=control or "baseline",
+        new_name=primary,
+    )
+    comparison = _comparison(variants, verdicts, vs_baseline, rcfg, cfg["launch"])
+    best = _best_variant(variants, verdicts, control=control)
 
     static = load_static(cache_dir)
     elevation_m = np.asarray(static["elevation_m"], dtype=np.float64)
@@ -239,7 +289,7 @@ def build_report(
             metrics={n: v.metrics for n, v in variants.items()},
             alpha_cols={n: alpha_columns(v.metrics) for n, v in variants.items()},
             baseline_val_loss=base_val,
-            threshold=threshold,
+            threshold=base_val if threshold is None else threshold,
             rmse=rmse,
             base_map=base_map,
             ft_map=ft_map,
@@ -269,20 +319,30 @@ def build_report(
     head = verdicts[primary]
     result: dict[str, Any] = {
         **head.to_dict(),
-        "variant": primary,
+        "split": rcfg["split"],
+        "final_val_loss": main.final_val_loss,
         "baseline_val_loss": base_val,
         "baseline_val_loss_source": base_source,
         "final_step": main.final_step,
         "criteria": {
             "success_threshold": rcfg["success_threshold"],
             "significance": rcfg["significance"],
-            "block_hours": rcfg["block_hours"],
-            "bootstrap_samples": rcfg["bootstrap_samples"],
+            "min_block_hours": rcfg["block_hours"],
+            "split": rcfg["split"],
+            "control": control,
+            "min_gain_pct": rcfg["min_gain_pct"],
+            "multiple_comparisons": "Holm, across the variants (vs control; vs baseline)",
         },
         "variants": {
             name: {
-                **verdicts[name].to_dict(),
+                **(
+                    verdicts[name].to_dict()
+                    if name in verdicts
+                    else {"verdict": "CONTROL", "vs_baseline": vs_baseline[name].to_dict()}
+                ),
                 "settings": variants[name].settings(),
+                "seed_runs": groups[name],
+                "seed_mean_losses": seed_means[name],
                 "final_alphas": variants[name].final_alphas(),
                 "gpu_hours": _finite(comparison.loc[i, "gpu_hours"]),
                 "projected_gpu_hours": _finite(comparison.loc[i, "projected_gpu_hours"]),
@@ -291,6 +351,7 @@ def build_report(
             for i, name in enumerate(variants)
         },
         "best_variant": best,
+        "breakdown": breakdown.to_dict(orient="records"),
         "gates": gates,
         "gain_by_elevation": bands.to_dict(orient="records"),
         "gain_by_terrain": terrain.to_dict(orient="records"),
@@ -298,41 +359,57 @@ def build_report(
         "files": {k: p.name for k, p in paths.items()},
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
-    md, body = _summary(result, rmse, comparison, bands, terrain, regions, gates, tag)
+    md, body = _summary(
+        result, rmse, comparison, bands, terrain, regions, gates, tag, breakdown=breakdown
+    )
     atomic_write_bytes(paths["summary_md"], md.encode())
     atomic_write_bytes(paths["summary_html"], _summary_html(body, out_dir).encode())
     write_json(paths["verdict"], result)
     return result
 
 
-def _best_variant(
-    variants: Mapping[str, VariantResults], comparison: pd.DataFrame, rcfg: Mapping[str, Any]
-) -> dict[str, Any]:
-    """The variant with the lowest mean loss on the evaluated samples, and its tests."""
-    idx = int(comparison["eval_loss"].to_numpy(dtype=float).argmin())
-    name = str(comparison.loc[idx, "variant"])
-    vs_base = analysis.compare_to_baseline(variants[name].evaluation, rcfg, new_name=name)
-    out: dict[str, Any] = {
-        "name": name,
-        "eval_loss": float(comparison.loc[idx, "eval_loss"]),
-        "criterion": "lowest mean loss on the evaluated validation samples",
-        "vs_baseline": vs_base.to_dict(),
-        "vs_default": None,
-    }
-    if "default" in variants and name != "default":
-        vs_default: PairedTest = analysis.compare_fine_tunes(
-            variants["default"].evaluation,
-            variants[name].evaluation,
-            rcfg,
-            ref_name="default",
-            new_name=name,
+def _check_arms(
+    variants: Mapping[str, VariantResults],
+    rcfg: Mapping[str, Any],
+    *,
+    primary: str,
+    control: str | None,
+) -> None:
+    """Raise ``ValueError`` when the control is missing or is the primary, or when an evaluation
+    is not of ``report.split``."""
+    if control is not None and control not in variants:
+        raise ValueError(
+            f"report: report.control is {control!r}, but the variants given are "
+            f"{list(variants)}: add the control to `variants` or set report.control: null"
         )
-        out["vs_default"] = vs_default.to_dict()
-    elif name == "default":
-        out["vs_default_note"] = "The default variant is the best"
-    else:
-        out["vs_default_note"] = "No variant is named 'default' to compare with"
-    return out
+    if control is not None and primary == control:
+        raise ValueError(f"report: the primary variant {primary!r} is the control arm")
+    for name, v in variants.items():
+        split = v.evaluation.attrs.get("split")
+        if split != rcfg["split"]:
+            raise ValueError(
+                f"report: {v.files['evaluation']} (variant {name}) evaluates split {split!r}, "
+                f"but report.split is {rcfg['split']!r}: re-run evaluate"
+            )
+
+
+def _best_variant(
+    variants: Mapping[str, VariantResults],
+    verdicts: Mapping[str, AttributedVerdict],
+    *,
+    control: str | None,
+) -> dict[str, Any]:
+    """The variant chosen on the validation year (lowest final val_loss of the fine-tune's
+    monitoring, the control left out) and its verdict on the evaluated split."""
+    candidates = [n for n in variants if n != control and n in verdicts]
+    name = min(candidates, key=lambda n: variants[n].final_val_loss)
+    return {
+        "name": name,
+        "final_val_loss": variants[name].final_val_loss,
+        "criterion": "lowest final val_loss of the fine-tune on the validation year",
+        "verdict": verdicts[name].verdict,
+        "line": verdicts[name].line,
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -378,7 +455,7 @@ _CSS = (
     "td,th{border:1px solid #ccc;padding:2px 6px;font-size:13px;text-align:right}"
     "th{background:#eee}.verdict{font-size:1.3em;padding:0.5em;border-radius:4px;color:#fff}"
     ".SUCCESS{background:#2e7d32}.NOT{background:#ef6c00}.NO{background:#757575}"
-    ".REGRESSION{background:#c62828}img{max-width:100%}"
+    ".REGRESSION{background:#c62828}.NOT.ATTRIBUTABLE{background:#6a1b9a}img{max-width:100%}"
 )
 
 
@@ -391,37 +468,49 @@ def _summary(
     regions: pd.DataFrame,
     gates: list[dict[str, Any]],
     tag: str,
+    *,
+    breakdown: pd.DataFrame,
 ) -> tuple[str, list[tuple[str, Any]]]:
     """The summary as markdown, and as a list of (kind, content) blocks for the HTML page."""
     blocks: list[tuple[str, Any]] = []
-    test = result["test"]
+    test = result["vs_baseline"]
+    ctrl = result["vs_control"]
     blocks.append(("verdict", f"{result['verdict']} ({tag})"))
     blocks.append(("p", result["reason"]))
-    blocks.append(
-        (
-            "p",
-            f"Final val_loss {result['final_val_loss']:.4f} at step {result['final_step']}; "
-            f"threshold {result['threshold']:.4f} ({result['threshold_source']}); baseline "
-            f"val_loss {result['baseline_val_loss']:.4f} ({result['baseline_val_loss_source']}). "
-            f"Paired test on n = {test['n_samples']} samples in {test['n_blocks']} blocks of "
-            f"{test['block_hours']} h: mean loss difference {test['mean_diff']:+.4g} "
-            f"[{test['ci_low']:+.4g}, {test['ci_high']:+.4g}] "
-            f"({100 * test['confidence']:.0f} % block-bootstrap CI, {test['n_boot']} resamples), "
-            f"Wilcoxon signed-rank p = {test['p_value']:.3g} on the block means.",
-        )
+    text = (
+        f"Judged on the {result['split']} split: loss {result['eval_loss']:.4f} vs the "
+        f"baseline's {result['baseline_eval_loss']:.4f} on the same samples; threshold "
+        f"{result['threshold']:.4f} ({result['threshold_source']}). "
     )
+    if ctrl is not None:
+        text += f"Against the control {result['control']}: {ctrl['description']}. "
+    else:
+        text += "No control arm was run, so the gain cannot be attributed. "
+    text += (
+        f"Against the baseline (context): {test['description']}. Block length: "
+        f"{test['block_choice']}; autocorrelation of the daily differences at lags 1-4: "
+        + ", ".join(f"{a:+.2f}" for a in test["autocorrelation"][1:5])
+        + f". Monitoring (validation year): final val_loss {result['final_val_loss']:.4f} at "
+        f"step {result['final_step']}; the baseline's recorded val_loss "
+        f"{result['baseline_val_loss']:.4f} ({result['baseline_val_loss_source']})."
+    )
+    blocks.append(("p", text))
+    if not breakdown.empty:
+        ref = result["control"] or "baseline"
+        blocks.append(("h2", f"By lead time and pollutant ({tag} vs {ref}, {result['split']})"))
+        blocks.append(
+            (
+                "p",
+                "Each row a calibrated paired test with its CI; p_holm is Holm-adjusted within "
+                "the lead times and within the pollutants. RMSE in physical units on the "
+                "evaluated split; published_rmse is the study's figure where it gives one.",
+            )
+        )
+        blocks.append(("table", breakdown))
     best = result["best_variant"]
     if len(result["variants"]) > 1:
         blocks.append(("h2", "Variants"))
-        text = (
-            f"Best variant: {best['name']} ({best['criterion']}). vs baseline: "
-            + best["vs_baseline"]["description"]
-        )
-        if best.get("vs_default"):
-            text += ". vs default: " + best["vs_default"]["description"]
-        elif best.get("vs_default_note"):
-            text += f". {best['vs_default_note']}."
-        blocks.append(("p", text))
+        blocks.append(("p", f"Best variant: {best['name']} ({best['criterion']}): {best['line']}"))
         blocks.append(("table", comparison))
         blocks.append(("img", figures.FIGURES["variants"]))
     blocks.append(("h2", "Training"))

@@ -55,7 +55,10 @@ def add_arguments_evaluate(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--finetuned", required=True, type=Path, help="fine-tuned final.ckpt")
     parser.add_argument("--out", required=True, type=Path, help="evaluation.nc to write")
     parser.add_argument(
-        "--split", default="val", choices=["val", "test"], help="split to evaluate (default val)"
+        "--split",
+        default=None,
+        choices=["val", "test"],
+        help="split to evaluate (default: report.split of the config)",
     )
     parser.add_argument(
         "--device", default=None, help="auto, cpu or cuda (default: finetune.device of the config)"
@@ -65,23 +68,25 @@ def add_arguments_evaluate(parser: argparse.ArgumentParser) -> None:
 def run_evaluate(args: argparse.Namespace) -> int:
     def work() -> str:
         from aqnet.config import load_resolved
-        from aqnet.report.analysis import compare_to_baseline
+        from aqnet.report.analysis import calibrated_vs_baseline
         from aqnet.report.evaluate import evaluate
 
         cfg = load_resolved(args.config)
+        split = args.split or str(cfg["report"]["split"])
         ds = evaluate(
             cfg,
             args.cache,
             args.baseline,
             args.finetuned,
             args.out,
-            split=args.split,
+            split=split,
             device=args.device,
         )
-        test = compare_to_baseline(ds, cfg["report"], new_name=str(cfg.get("variant", "default")))
+        name = str(cfg.get("variant", "default"))
+        test = calibrated_vs_baseline(ds, cfg["report"], new_name=name)
         return (
             f"{ds.sizes['sample']} forecast start(s) x {ds.sizes['lead_time']} lead time(s) of "
-            f"the {args.split} split written to {args.out}; {test.describe()}"
+            f"the {split} split written to {args.out}; {test.describe()}"
         )
 
     return _run("evaluate", work)

@@ -1,6 +1,7 @@
-"""Evaluate the baseline and the fine-tuned model on the same validation samples.
+"""Evaluate the baseline and the fine-tuned model on the same samples of one split.
 
-:func:`evaluate` runs both models over the same items of one split of the cache and writes
+:func:`evaluate` runs both models over the same items of one split of the cache (``report.split``,
+the test year by default) and writes
 ``evaluation.nc`` (netCDF through xarray) with:
 
 =====================  ===========================================  ===============================
@@ -12,6 +13,9 @@ variable               dimensions                                   meaning
                                                                     over samples and lead times,
                                                                     normalised units; NaN where the
                                                                     domain mask is never set
+``region_mse``         ``(model, sample, lead_time, region)``       masked MSE over each named
+                                                                    region (basin, plateau, plain,
+                                                                    mountain), mean of pollutants
 =====================  ===========================================  ===============================
 
 Coordinates: ``model`` (``baseline``, ``finetuned``); ``sample`` (one forecast start: the input
@@ -50,7 +54,7 @@ import xarray as xr
 from torch import nn
 
 from aqnet.config import POLLUTANTS
-from aqnet.report.analysis import BASELINE, FINETUNED, MODELS
+from aqnet.report.analysis import BASELINE, FINETUNED, MODELS, REGION_NAMES, named_region_codes
 from aqnet.stage import atomic_save
 
 log = logging.getLogger("aqnet.report")
@@ -199,7 +203,7 @@ def evaluate(
     finetuned_ckpt: str | Path,
     out: str | Path | None,
     *,
-    split: str = "val",
+    split: str | None = None,
     device: str | None = None,
 ) -> xr.Dataset:
     """Evaluate both models on the same items of ``split`` and write ``out`` (module docstring).
@@ -210,17 +214,19 @@ def evaluate(
         baseline_ckpt: the baseline checkpoint.
         finetuned_ckpt: the fine-tune's ``final.ckpt``.
         out: the netCDF file to write (atomically); ``None`` only returns the dataset.
-        split: ``"val"`` (default) or ``"test"``.
+        split: ``"val"`` or ``"test"``; default ``report.split`` of the config (the test year:
+            the validation year selects checkpoints and monitors the fine-tune).
         device: ``auto``/``cpu``/``cuda``; default ``finetune.device`` of the config.
 
     Returns:
         The evaluation dataset (as written).
     """
     from aqnet.data import CacheDataset, load_static, load_stats, make_loader, read_meta
-    from aqnet.losses import masked_sq_err_sums
+    from aqnet.evaluation import ErrorSums, sample_mse
 
     cache_dir = Path(cache_dir)
     rcfg = cfg["report"]
+    split = str(rcfg.get("split", "test")) if split is None else split
     lead_times = [int(h) for h in cfg["lead_times_h"]]
     dev = resolve_device(device or cfg["finetune"].get("device", "auto"))
     stats = load_stats(cache_dir)
@@ -252,7 +258,15 @@ def evaluate(
     valid_time = np.full((n_s, n_l), np.datetime64("NaT", "ns"), dtype="datetime64[ns]")
     init_time = np.full(n_s, np.datetime64("NaT", "ns"), dtype="datetime64[ns]")
     sq_map = torch.zeros((2, n_c, ny, nx), dtype=torch.float64)
-    w_map = torch.zeros((ny, nx), dtype=torch.float64)
+    w_map = torch.zeros((n_c, ny, nx), dtype=torch.float64)  # mask x finite target, per pollutant
+    # The one evaluation pass (aqnet.evaluation), as training validation and smoke_forward do it.
+    sums = [ErrorSums(lead_times_h=lead_times, pollutants=POLLUTANTS, device=dev) for _ in MODELS]
+    # named regions (terrain classes of the wind-scan tiles): per-sample errors in each
+    codes = named_region_codes(np.asarray(static["elevation_m"]), info["region_cells"])  # (H, W)
+    onehot = torch.stack(
+        [torch.as_tensor(codes == r, dtype=torch.float64) for r in range(len(REGION_NAMES))]
+    ).to(dev)  # (R, H, W)
+    region_mse = np.full((2, n_s, n_l, len(REGION_NAMES)), np.nan)
 
     done = 0
     for batch in loader:
@@ -265,25 +279,31 @@ def evaluate(
                     f"evaluate: the {MODELS[m]} model returned {tuple(pred.shape)} for a target "
                     f"of shape {tuple(y.shape)}"
                 )
-            sq, weight = masked_sq_err_sums(pred, y, mask)  # (B, C), (B,)
-            per = (sq / weight.clamp_min(1e-12)[:, None]).double().cpu().numpy()  # (B, C)
-            per[weight.cpu().numpy() <= 0] = np.nan
-            m4 = mask.to(torch.float64)[:, None]  # (B, 1, H, W)
-            sq_map[m] += ((pred.double() - y.double()).square() * m4).sum(0).cpu()  # (C, H, W)
+            sq, weight = sums[m].add(pred, y, mask, lead)  # (B, C), (B, C)
+            per = sample_mse(sq, weight).cpu().numpy()  # (B, C), NaN where nothing to score
+            finite = torch.isfinite(y)  # (B, C, H, W)
+            w4 = mask.to(torch.float64)[:, None] * finite  # (B, C, H, W)
+            err = torch.where(finite, pred.double() - y.double(), 0.0)  # (B, C, H, W)
+            sq_map[m] += (err.square() * w4).sum(0).cpu()  # (C, H, W)
+            r_sq = torch.einsum("bchw,rhw->br", err.square() * w4, onehot)  # (B, R)
+            r_w = torch.einsum("bchw,rhw->br", w4, onehot)  # (B, R)
+            per_region = sample_mse(r_sq, r_w).cpu().numpy()  # (B, R), NaN where empty
+            if m == 0:
+                w_map += w4.sum(0).cpu()  # (C, H, W)
             for k in range(b):
                 year, tindex, lead_h, vt = infos[items[done + k]]
                 s, j = start_index[(int(year), int(tindex))], lead_index[int(round(lead_h))]
                 mse[m, s, j] = per[k]
+                region_mse[m, s, j] = per_region[k]
                 if m == 0:
                     valid_time[s, j] = np.datetime64(vt, "ns")
                     init_time[s] = np.datetime64(vt, "ns") - np.timedelta64(int(lead_h), "h")
-        w_map += mask.to(torch.float64).sum(0).cpu()  # (H, W)
         done += b
         log.info("evaluate: %d / %d items", done, len(items))
 
     with np.errstate(invalid="ignore", divide="ignore"):
         maps = (sq_map / w_map).numpy()  # (2, C, H, W)
-    maps[:, :, w_map.numpy() <= 0] = np.nan
+    maps[:, w_map.numpy() <= 0] = np.nan  # (2, C, H, W) NaN where nothing was scored
     ds = evaluation_dataset(
         mse=mse,
         std=std,
@@ -296,6 +316,7 @@ def evaluate(
         lat=np.asarray(static["lat"], dtype=np.float64),
         lon=np.asarray(static["lon"], dtype=np.float64),
         region_cells=info["region_cells"],
+        region_mse=region_mse,
         attrs={
             "variant": str(cfg.get("variant", "default")),
             "split": split,
@@ -335,6 +356,7 @@ def evaluation_dataset(
     lon: np.ndarray,
     region_cells: Sequence[int],
     attrs: Mapping[str, Any] | None = None,
+    region_mse: np.ndarray | None = None,
 ) -> xr.Dataset:
     """Assemble the evaluation dataset (layout in the module docstring).
 
@@ -350,6 +372,8 @@ def evaluation_dataset(
         lat: ``(H,)``; lon: ``(W,)``.
         region_cells: ``(rows, cols)`` grid cells of one wind-scan region (gain by region).
         attrs: further attributes (variant, split, checkpoints, ...).
+        region_mse: ``(2, S, L, R)`` masked MSE over the cells of each named region
+            (:data:`aqnet.report.analysis.REGION_NAMES`), averaged over pollutants; optional.
     """
     mse = np.asarray(mse, dtype=np.float64)
     n_models, n_s, n_l, n_c = mse.shape
@@ -368,7 +392,7 @@ def evaluation_dataset(
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         **dict(attrs or {}),
     }
-    return xr.Dataset(
+    ds = xr.Dataset(
         data_vars={
             "mse": (
                 ("model", "sample", "lead_time", "pollutant"),
@@ -408,6 +432,18 @@ def evaluation_dataset(
         },
         attrs=all_attrs,
     )
+    if region_mse is not None:
+        ds["region_mse"] = xr.DataArray(
+            np.asarray(region_mse, dtype=np.float64),
+            dims=("model", "sample", "lead_time", "region"),
+            coords={"region": list(REGION_NAMES)},
+            attrs={
+                "long_name": "masked mean squared error over each named region (terrain class), "
+                "mean over pollutants",
+                "units": "1 (normalised)",
+            },
+        )
+    return ds
 
 
 def _finite_or_nan(value: float | None) -> float:
@@ -419,7 +455,7 @@ def write_evaluation(ds: xr.Dataset, path: str | Path) -> Path:
     path = Path(path)
     encoding = {
         name: {"zlib": True, "complevel": 4}
-        for name in ("mse", "rmse_phys", "sq_err_map")
+        for name in ("mse", "rmse_phys", "sq_err_map", "region_mse")
         if name in ds
     }
     atomic_save(lambda tmp: ds.to_netcdf(tmp, engine="netcdf4", encoding=encoding), path)

@@ -65,7 +65,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from aqnet.config import POLLUTANTS
-from aqnet.losses import masked_mse, masked_sq_err_sums
+from aqnet.evaluation import ErrorSums
+from aqnet.losses import masked_mse
 from aqnet.model.presets import input_variables
 from aqnet.stage import StageFailure, WriteFailure, write_json
 from aqnet.train.distributed import DistContext, init_distributed
@@ -779,42 +780,24 @@ class _Trainer:
     def _validate(self) -> dict[str, Any]:
         self.model.eval()
         t0 = time.perf_counter()
-        n_leads, n_out = len(self.lead_times), len(POLLUTANTS)
-        sq = torch.zeros(n_leads, n_out, dtype=torch.float64, device=self.device)
-        weight = torch.zeros(n_leads, dtype=torch.float64, device=self.device)
-        leads = torch.tensor(self.lead_times, dtype=torch.float32, device=self.device)
+        # The one evaluation pass (aqnet.evaluation), shared with smoke_forward and evaluate.
+        sums = ErrorSums(lead_times_h=self.lead_times, pollutants=POLLUTANTS, device=self.device)
         for batch in self.val_loader:
             x, y, lead, elev, mask = self._to_device(batch)
             with self._autocast():
                 pred = self.model(x, lead, elev)  # (B, C, H, W)
-            s, w = masked_sq_err_sums(pred.float(), y, mask)  # (B, C), (B,)
-            match = lead[:, None].float() == leads[None, :]  # (B, n_leads)
-            if not bool(match.any(dim=1).all()):
-                raise ValueError(
-                    f"validation batch has lead times {sorted(set(lead.tolist()))} not among "
-                    f"lead_times_h {self.lead_times}"
-                )
-            idx = match.to(torch.int64).argmax(dim=1)  # (B,)
-            sq.index_add_(0, idx, s.double())
-            weight.index_add_(0, idx, w.double())
+            sums.add(pred.float(), y, mask, lead)
             if self.steps_this_process:  # the stall check is armed after the first step
                 self.tick()
-        self.ctx.all_reduce_sum(sq)
-        self.ctx.all_reduce_sum(weight)
+        sums.all_reduce(self.ctx.all_reduce_sum)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        sq, weight = sq.cpu(), weight.cpu()
-        total_w = float(weight.sum())
-        if total_w <= 0:
+        if not sums.total_weight > 0:
             raise ValueError(
-                f"validation over {self.n_val} samples selected no grid cell (mask weight 0)"
+                f"validation over {self.n_val} samples selected no grid cell with a finite "
+                "target (mask weight 0)"
             )
-        out: dict[str, Any] = {"val_loss": float(sq.sum()) / (n_out * total_w)}
-        for c, name in enumerate(POLLUTANTS):
-            out[f"val_loss_{name}"] = float(sq[:, c].sum()) / total_w
-        for i, h in enumerate(self.lead_times):
-            w_i = float(weight[i])
-            out[f"val_loss_{h}h"] = float(sq[i].sum()) / (n_out * w_i) if w_i > 0 else math.nan
+        out: dict[str, Any] = dict(sums.metrics("val_loss"))
         out["val_time_s"] = time.perf_counter() - t0
         if not math.isfinite(out["val_loss"]):
             raise TrainingDiverged(self._diverged("validation loss", out["val_loss"], self.step))
