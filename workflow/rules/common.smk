@@ -20,7 +20,9 @@ from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
-from aqnet.config import ConfigError, validate_config, variant_config
+from snakemake.utils import update_config
+
+from aqnet.config import ConfigError, coerce_overrides, validate_config, variant_config
 
 
 def _config_source() -> str:
@@ -32,6 +34,10 @@ def _config_source() -> str:
 
 
 try:
+    # --config values arrive as strings below the top level (finetune='{steps: 5}'): give each
+    # its schema type before either validation sees it (the Snakefile's validate() reads `config`).
+    if workflow.config_settings.config:
+        update_config(config, coerce_overrides(workflow.config_settings.config))
     CFG = validate_config(config, source=_config_source())
 except ConfigError as exc:
     # One readable line naming the key (no traceback into the package).
