@@ -1,7 +1,7 @@
 """TopoFlow fine-tune pipeline.
 
     snakemake                                 # the demo, locally (profiles/default)
-    snakemake --profile profiles/lumi         # the real run on LUMI
+    snakemake --workflow-profile profiles/lumi         # the real run on LUMI
     snakemake verify_wind_order               # a shared stage by name (and what it needs)
     snakemake --until audit_checkpoint        # a per-variant stage, for every variant
     snakemake --forcerun smoke_forward        # redo a stage and what depends on it

@@ -8,6 +8,7 @@ Usage::
 
     cfg = load_config("config.yaml")            # validated, defaults filled
     vcfg = variant_config(cfg, "h500")          # the same with the variant's overrides merged
+    typed = coerce_overrides({"finetune": {"steps": "5"}})   # --config strings -> schema types
 """
 
 from __future__ import annotations
@@ -61,6 +62,101 @@ def _extend_with_default(validator_class: type) -> type:
 
 # Snakemake validates with the 2020-12 draft too; the schema's $schema says so.
 _DefaultFillingValidator = _extend_with_default(jsonschema.Draft202012Validator)
+
+
+_VARIANT_SECTIONS = {"model": "model", "finetune": "train"}
+"""The sections a variant overrides and the schema definition each is validated against."""
+
+
+def _resolve(schema: Mapping[str, Any], root: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``schema`` with a local ``$ref`` (``#/definitions/<name>``) followed."""
+    while "$ref" in schema:
+        ref = str(schema["$ref"])
+        if not ref.startswith("#/definitions/"):
+            raise ValueError(f"config schema: cannot follow the reference {ref!r}")
+        schema = root["definitions"][ref.removeprefix("#/definitions/")]
+    return schema
+
+
+def _types(schema: Mapping[str, Any]) -> list[str]:
+    kind = schema.get("type", [])
+    return [kind] if isinstance(kind, str) else list(kind)
+
+
+def _coerce_scalar(text: str, types: list[str]) -> Any:
+    """A string as the schema type it spells (YAML's reading of it), else the string itself.
+
+    ``"5"`` -> 5 for an integer, ``"1e-4"`` -> 0.0001 for a number, ``"true"`` -> True for a
+    boolean, ``"null"`` -> None where null is allowed; a string that spells no allowed type is
+    returned unchanged, so validation names the key with its wrong value.
+    """
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    if value is None:
+        return None if "null" in types and text.strip() in ("null", "~", "Null", "NULL") else text
+    if isinstance(value, bool):
+        return value if "boolean" in types else text
+    if isinstance(value, int):
+        if "integer" in types:
+            return value
+        return float(value) if "number" in types else text
+    if isinstance(value, float):
+        return value if "number" in types else text
+    if "number" in types:
+        try:
+            return float(text)  # YAML 1.1 reads 1e-4 (no dot) as a string
+        except ValueError:
+            return text
+    return text
+
+
+def _coerce(value: Any, schema: Mapping[str, Any], root: Mapping[str, Any]) -> Any:
+    schema = _resolve(schema, root)
+    types = _types(schema)
+    if isinstance(value, str):
+        return value if "string" in types and not types[1:] else _coerce_scalar(value, types)
+    if isinstance(value, list):
+        items = schema.get("items")
+        if not isinstance(items, Mapping):
+            return list(value)
+        return [_coerce(v, items, root) for v in value]
+    if isinstance(value, Mapping):
+        props = schema.get("properties", {})
+        extra = schema.get("additionalProperties")
+        out = {}
+        for key, item in value.items():
+            sub = props.get(key, extra if isinstance(extra, Mapping) else None)
+            out[key] = item if sub is None else _coerce(item, sub, root)
+        return out
+    return value
+
+
+def coerce_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """``--config`` overrides with each string converted to the type the schema gives its key.
+
+    Snakemake reads a ``--config`` value as YAML with every scalar a string
+    (``finetune='{steps: 5}'`` arrives as ``{"finetune": {"steps": "5"}}``); only the top level
+    ``key=5`` is converted by Snakemake itself. This reads each string as YAML would when the
+    schema's type for that key is a number, boolean or null (lists and nested maps are walked,
+    a variant's ``model``/``finetune`` overrides use those sections' types), and leaves every
+    other value as it is: a value that is not of its key's type still fails validation, naming
+    the key.
+    """
+    root = _schema()
+    out = _coerce(dict(overrides), root, root)
+    for name, override in (out.get("variants") or {}).items():
+        if not isinstance(override, Mapping):
+            continue
+        for section, definition in _VARIANT_SECTIONS.items():
+            if isinstance(override.get(section), Mapping):
+                sub = root["definitions"][definition]
+                out["variants"][name] = {
+                    **out["variants"][name],
+                    section: _coerce(override[section], sub, root),
+                }
+    return out
 
 
 def _format_error(err: jsonschema.ValidationError, source: str, prefix: str = "") -> str:
@@ -126,7 +222,7 @@ def variant_config(config: Mapping[str, Any], name: str) -> dict[str, Any]:
         raise ConfigError(f"unknown variant {name!r}; the config defines: {', '.join(variants)}")
     merged = _deep_merge(dict(config), variants[name])
     schema = _schema()
-    for section, definition in (("model", "model"), ("finetune", "train")):
+    for section, definition in _VARIANT_SECTIONS.items():
         sub = {**schema["definitions"][definition], "definitions": schema["definitions"]}
         errors = list(_DefaultFillingValidator(sub).iter_errors(merged[section]))
         if errors:

@@ -22,8 +22,11 @@ from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
+from snakemake.utils import update_config
+
 from aqnet.config import (
     ConfigError,
+    coerce_overrides,
     validate_config,
     variant_config,
     with_control_arm,
@@ -40,12 +43,46 @@ def _config_source() -> str:
 
 
 try:
+    # --config values arrive as strings below the top level (finetune='{steps: 5}'): give each
+    # its schema type before either validation sees it (the Snakefile's validate() reads `config`).
+    if workflow.config_settings.config:
+        update_config(config, coerce_overrides(workflow.config_settings.config))
     # report.control (no_elevation_bias by default) joins the variants: the control arm; then
     # one run per fine-tune seed of finetune.seeds (<variant>-seed<s>)
     CFG = with_seeds(with_control_arm(validate_config(config, source=_config_source())))
 except ConfigError as exc:
     # One readable line naming the key (no traceback into the package).
     raise WorkflowError(f"invalid configuration: {exc}") from None
+
+def _profiles_merged() -> str | None:
+    """Why this run would merge a --profile with the default workflow profile, else None.
+
+    Snakemake reads ``profiles/default`` (the demo's local settings) as the workflow-specific
+    profile of every run not started with ``--workflow-profile``, and lets its keys override a
+    ``--profile``'s one by one (a ``default-resources`` there would drop LUMI's account). The LUMI
+    profile is therefore given as the workflow profile, which replaces the default one:
+    ``snakemake --workflow-profile profiles/lumi``. Only the main process reads profiles.
+    """
+    if not workflow.is_main_process:
+        return None
+    argv = sys.argv[1:]
+    given = [a for a in argv if a == "--profile" or a.startswith("--profile=")]
+    own = [a for a in argv if a == "--workflow-profile" or a.startswith("--workflow-profile=")]
+    if not (given or os.environ.get("SNAKEMAKE_PROFILE", "none") != "none") or own:
+        return None
+    defaults = [Path("profiles/default"), Path(workflow.basedir) / "profiles" / "default"]
+    if not any(d.exists() for d in defaults):
+        return None
+    return (
+        "a --profile (or $SNAKEMAKE_PROFILE) is combined with the default workflow profile "
+        "profiles/default, whose keys would override it one by one: give the cluster profile as "
+        "the only one, `snakemake --workflow-profile profiles/lumi` (or add --workflow-profile "
+        "none)"
+    )
+
+
+if (_merged := _profiles_merged()) is not None:
+    raise WorkflowError(f"aqnet: {_merged}")
 
 # Without --sdm conda the rules' commands run in the environment Snakemake runs in; put its
 # scripts folder first on PATH so `aqnet` resolves to the same installation even when that

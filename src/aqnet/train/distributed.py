@@ -23,7 +23,10 @@ Checks, each failing at once with a message that says what to fix:
 * :func:`select_device` - each rank must see the GPU it expects: either exactly one (bound per
   task) or at least one per local rank, and it takes ``cuda:<local_rank>`` then; after the process
   group is up, :func:`init_distributed` checks that no two ranks on a host share a GPU (the known
-  way for a job to run silently on one GPU) and that every rank agrees on the world size.
+  way for a job to run silently on one GPU) and that every rank agrees on the world size. "The
+  same GPU" means the same physical device (:func:`gpu_identity`: PCI address, else UUID), not
+  the same index: on LUMI, Slurm and ``profiles/lumi/rank.sh`` narrow ``ROCR_VISIBLE_DEVICES`` to
+  one GCD per rank, so every rank sees its own GCD as ``cuda:0``.
 * The process group is created with ``timeout=train.dist_timeout_s``: a rank that dies makes the
   others fail within that time instead of hanging until the job's wall time.
 
@@ -39,7 +42,7 @@ import logging
 import os
 import re
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -56,8 +59,10 @@ __all__ = [
     "detect_launch",
     "expand_hostlist",
     "expand_tasks_per_node",
+    "gpu_identity",
     "init_distributed",
     "port_for_job",
+    "rank_record",
     "select_device",
 ]
 
@@ -351,6 +356,35 @@ def select_device(requested: str, info: LaunchInfo) -> torch.device:
     return torch.device("cuda", index)
 
 
+def gpu_identity(index: int, *, properties: Callable[[int], Any] | None = None) -> str:
+    """The physical identity of visible GPU ``index``: its PCI address, else its UUID.
+
+    The index is relative to what the process sees (``ROCR_VISIBLE_DEVICES`` /
+    ``CUDA_VISIBLE_DEVICES``), so two ranks narrowed to different GPUs both see ``cuda:0``; the
+    PCI address (``pci:<domain>:<bus>:<device>``, as ``torch.cuda.get_device_properties``
+    reports it under CUDA and ROCm alike; each MI250X GCD is its own PCI device) or the UUID
+    tells them apart. When torch reports neither, the identity is the index within the
+    visibility variables, e.g. ``ROCR_VISIBLE_DEVICES=3#0``.
+
+    Args:
+        index: the visible device index (``cuda:<index>``).
+        properties: the source of device properties (default
+            ``torch.cuda.get_device_properties``). Injected by the tests: this project's CI has
+            no GPU to query, so they pass objects shaped like torch's device properties.
+    """
+    props = (properties or torch.cuda.get_device_properties)(index)
+    bus = getattr(props, "pci_bus_id", None)
+    if isinstance(bus, int):
+        domain = getattr(props, "pci_domain_id", 0) or 0
+        device = getattr(props, "pci_device_id", 0) or 0
+        return f"pci:{domain:04x}:{bus:02x}:{device:02x}"
+    uuid = str(getattr(props, "uuid", "") or "")
+    if uuid and uuid.strip("0-") != "":  # an all-zero UUID identifies nothing
+        return f"uuid:{uuid}"
+    visible = [f"{k}={os.environ[k]}" for k in _GPU_ENV if k in os.environ]
+    return f"{','.join(visible) or 'all visible'}#{index}"
+
+
 def choose_backend(requested: str, device: torch.device) -> str:
     """``nccl`` on GPUs (RCCL under ROCm), ``gloo`` on the CPU, or the configured one.
 
@@ -451,6 +485,7 @@ def init_distributed(
     timeout_s: float = 600.0,
     expected_world_size: int | None = None,
     env: Mapping[str, str] | None = None,
+    identity: Callable[[int], str] = gpu_identity,
 ) -> DistContext:
     """Detect the launch, check it, pick the device and start the process group.
 
@@ -461,6 +496,7 @@ def init_distributed(
             rank fail after this many seconds.
         expected_world_size: the configured ``nodes x tasks_per_node``; ``None`` skips the check.
         env: the environment to read (default ``os.environ``).
+        identity: the physical identity of a visible GPU index (:func:`gpu_identity`).
 
     Raises:
         LaunchError: wrong world size, a GPU that is not the expected one, two ranks sharing a
@@ -470,7 +506,7 @@ def init_distributed(
     check_world_size(info, expected_world_size)
     dev = select_device(device, info)
     host = socket.gethostname()
-    me = {"rank": info.rank, "world_size": info.world_size, "host": host, "device": str(dev)}
+    me = rank_record(info, dev, host=host, identity=identity)
     if info.world_size == 1:
         choose_backend(backend, dev)  # still validate the setting
         return DistContext(info=info, device=dev, backend=None, ranks=[me])
@@ -512,6 +548,31 @@ def init_distributed(
     return ctx
 
 
+def rank_record(
+    info: LaunchInfo,
+    device: torch.device,
+    *,
+    host: str,
+    identity: Callable[[int], str] = gpu_identity,
+    env: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """What a rank reports about itself at start-up (gathered into ``DistContext.ranks``).
+
+    ``{"rank", "world_size", "host", "device", "gpu", "visible"}``: ``gpu`` is the physical
+    identity of its GPU (``None`` on the CPU), ``visible`` the GPU visibility variables it ran
+    with (``ROCR_VISIBLE_DEVICES=3``), for messages and reports.
+    """
+    env = os.environ if env is None else env
+    return {
+        "rank": info.rank,
+        "world_size": info.world_size,
+        "host": host,
+        "device": str(device),
+        "gpu": identity(device.index or 0) if device.type == "cuda" else None,
+        "visible": ", ".join(f"{k}={env[k]}" for k in _GPU_ENV if k in env) or "none set",
+    }
+
+
 def _check_ranks(ranks: list[dict[str, Any]], world_size: int) -> None:
     sizes = sorted({r["world_size"] for r in ranks})
     if sizes != [world_size] or sorted(r["rank"] for r in ranks) != list(range(world_size)):
@@ -519,15 +580,20 @@ def _check_ranks(ranks: list[dict[str, Any]], world_size: int) -> None:
             f"ranks disagree on the world: world sizes {sizes}, ranks "
             f"{sorted(r['rank'] for r in ranks)} (expected 0..{world_size - 1})"
         )
-    seen: dict[tuple[str, str], int] = {}
+    # The same physical GPU on one host, however each rank's visibility was narrowed.
+    seen: dict[tuple[str, str], dict[str, Any]] = {}
     for r in ranks:
         if not str(r["device"]).startswith("cuda"):
             continue
-        key = (r["host"], r["device"])
+        key = (r["host"], str(r.get("gpu") or r["device"]))
         if key in seen:
+            first = seen[key]
             raise LaunchError(
-                f"ranks {seen[key]} and {r['rank']} on {r['host']} both use {r['device']}: the "
-                "job would run on fewer GPUs than ranks. Check the GPU binding of the launcher "
-                "(one GPU per task, or all GPUs visible to every task)"
+                f"ranks {first['rank']} and {r['rank']} on {r['host']} both use the GPU "
+                f"{key[1]} (rank {first['rank']}: {first['device']}, "
+                f"{first.get('visible', '?')}; rank {r['rank']}: {r['device']}, "
+                f"{r.get('visible', '?')}): the job would run on fewer GPUs than ranks. Check "
+                "the GPU binding of the launcher (one GPU per task, or all GPUs visible to every "
+                "task)"
             )
-        seen[key] = r["rank"]
+        seen[key] = r

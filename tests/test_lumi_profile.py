@@ -1,0 +1,97 @@
+"""Only one profile applies to a LUMI run: the settings Snakemake itself ends up with.
+
+``snakemake.cli.parse_args`` is what the ``snakemake`` command runs first: it finds the profiles,
+prints which it uses and merges their keys. Run in the repository, where the demo's
+``profiles/default`` would be picked up as the workflow profile.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _settings(
+    argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> tuple[Any, str]:
+    from snakemake.cli import parse_args
+
+    monkeypatch.chdir(REPO)
+    monkeypatch.delenv("SNAKEMAKE_PROFILE", raising=False)
+    _, args = parse_args(argv)
+    return args, capsys.readouterr().err
+
+
+def _raw(resources: dict[str, Any]) -> dict[str, Any]:
+    """Resource name -> the value as written in the profile (string resources keep quotes)."""
+    return {name: str(res.raw).strip("'\"") for name, res in resources.items()}
+
+
+def test_the_lumi_profile_is_the_only_one_in_force(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args, err = _settings(["--workflow-profile", "profiles/lumi", "-n"], monkeypatch, capsys)
+    assert "Using workflow specific profile profiles/lumi for setting" in err
+    assert "profiles/default" not in err
+    with (REPO / "profiles/lumi/config.yaml").open() as fh:
+        lumi = yaml.safe_load(fh)
+    assert args.executor == "slurm"
+    assert args.configfile == [
+        Path("config.yaml"),
+        Path("config/reference.yaml"),
+        Path("config/lumi.yaml"),
+    ]
+    assert args.cores is None  # the demo profile's `cores: all` is not applied
+    defaults = _raw(args.default_resources)
+    assert defaults["slurm_account"] == lumi["default-resources"]["slurm_account"]
+    assert defaults["slurm_account"].startswith("project_46")
+    assert defaults["slurm_partition"] == "small"
+    partitions = {rule: _raw(res)["slurm_partition"] for rule, res in args.set_resources.items()}
+    assert partitions["validate_short"] == partitions["finetune"] == "standard-g"
+    assert partitions["smoke_forward"] == "small-g"
+    assert partitions == {
+        rule: res["slurm_partition"] for rule, res in lumi["set-resources"].items()
+    }
+    assert _raw(args.set_resources["finetune"])["nodes"] == "50"
+
+
+def test_a_bare_snakemake_still_takes_the_demo_profile(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args, err = _settings([], monkeypatch, capsys)
+    assert "Using workflow specific profile profiles/default for setting" in err
+    assert args.cores is not None and args.executor in (None, "local")
+
+
+def test_profile_plus_default_is_what_the_workflow_refuses(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Why: with --profile the demo profile's keys are merged in too (here its `cores`)."""
+    args, err = _settings(["--profile", "profiles/lumi", "-n"], monkeypatch, capsys)
+    assert "and workflow specific profile profiles/default" in err
+    assert args.executor == "slurm" and args.cores is not None
+
+
+@pytest.mark.slow
+def test_snakemake_refuses_the_lumi_profile_merged_with_the_demo_one(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "SNAKEMAKE_PROFILE"}
+    proc = subprocess.run(
+        [
+            sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
+            "--profile", str(REPO / "profiles/lumi"),
+            "--configfile", str(REPO / "config/lumi.yaml"), "-n",
+        ],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "combined with the default workflow profile profiles/default" in out
+    assert "snakemake --workflow-profile profiles/lumi" in out
