@@ -58,6 +58,7 @@ from torch.utils.data import DataLoader
 from aqnet.config import POLLUTANTS
 from aqnet.losses import masked_mse, masked_sq_err_sums
 from aqnet.stage import StageFailure, write_json
+from aqnet.train.cost import run_length
 from aqnet.train.distributed import DistContext, init_distributed
 from aqnet.train.metrics import Progress, metric_columns, write_metrics
 from aqnet.train.optim import (
@@ -147,14 +148,21 @@ class BatchPlan:
         return self.micro_batch * self.grad_accum
 
 
-def plan_batches(cfg: Mapping[str, Any], stage: str, *, world_size: int) -> BatchPlan:
+def plan_batches(
+    cfg: Mapping[str, Any], stage: str, *, world_size: int, start_times: int | None = None
+) -> BatchPlan:
     """The batch layout of ``stage`` on ``world_size`` ranks.
+
+    ``start_times`` (forecast start times of the training split) lets ``epochs`` set the length
+    (:func:`aqnet.train.cost.run_length`); without it the length is ``steps``.
 
     Raises:
         ValueError: a global batch that does not split evenly over ranks and micro-batches.
     """
     tcfg = train_section(cfg, stage)
     batch, accum = int(tcfg["batch_size"]), int(tcfg["grad_accum"])
+    if start_times is not None:
+        tcfg["steps"] = run_length(tcfg, start_times=start_times)["steps"]
     section = "baseline.train" if stage == "baseline" else "finetune"
     if stage == "validate_short":
         launch = cfg["launch"]
@@ -309,7 +317,6 @@ class _Trainer:
         self.out_dir = out_dir
         self.state_path = state_dir / STATE_FILE
         self.usr1 = usr1
-        self.plan = plan_batches(cfg, stage, world_size=ctx.world_size)
         self.lead_times = [int(h) for h in cfg["lead_times_h"]]
         self.start_time = time.perf_counter()
         if ctx.is_main:
@@ -322,6 +329,10 @@ class _Trainer:
         )
         self.val_ds = CacheDataset(
             cache_dir, "val", lead_times_h=tuple(self.lead_times), out_variables=POLLUTANTS
+        )
+        # The length follows the training split when it is given in epochs.
+        self.plan = plan_batches(
+            cfg, stage, world_size=ctx.world_size, start_times=sum(self.train_ds.n_base)
         )
         # The pipeline's validation subset (the smoke_forward gate evaluates the same items).
         self.n_val = min(int(cfg["validation"]["samples"]), len(self.val_ds))
@@ -786,6 +797,10 @@ class _Trainer:
             "steps": self.step,
             "world_size": self.ctx.world_size,
             "global_batch": self.plan.global_batch,
+            # The length in the study's terms: passes over the training start times.
+            "samples_seen": self.step * self.plan.global_batch,
+            "train_start_times": sum(self.train_ds.n_base),
+            "epochs": self.step * self.plan.global_batch / sum(self.train_ds.n_base),
             "validation_samples": self.n_val,
             "step0_val_loss": val_rows[0]["val_loss"] if val_rows else None,
             "final_val_loss": final.get("val_loss"),
