@@ -370,6 +370,27 @@ def budget_refusal(wildcards) -> list:
     return []
 
 
+def record_slurm_job(stage: str):
+    """A params function: a shell prefix that records the Slurm job id in
+    ``benchmarks/<stage>/<variant>.slurm_jobs``, from which the report reads the GPU-hours used
+    (aqnet.report.usage). A run that starts afresh (validate_short always; the fine-tune without
+    a resume state) starts the file anew; a resumed or requeued fine-tune adds its allocation.
+    Nothing outside Slurm."""
+
+    def _record(wildcards) -> str:
+        path = result(f"benchmarks/{stage}/{wildcards.variant}.slurm_jobs")
+        fresh = "true"
+        if stage == "finetune":
+            fresh = f"[ ! -e {state_dir(stage)(wildcards)}/last.pt ]"
+        return (
+            f'if [ -n "${{SLURM_JOB_ID:-}}" ]; then mkdir -p {Path(path).parent};'
+            f" if {fresh}; then : > {path}; fi;"
+            f' echo "$SLURM_JOB_ID" >> {path}; fi; '
+        )
+
+    return _record
+
+
 def check_gpu_nodes() -> None:
     """A fine-tune larger than the global `gpu_nodes` resource would be scaled down by Snakemake's
     scheduler while Slurm still gets launch.nodes: refuse it instead."""

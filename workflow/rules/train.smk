@@ -32,10 +32,11 @@ rule validate_short:
         out_dir=output_dir("metrics"),
         state_dir=result("state/{variant}/validate_short"),
         launcher=launcher,
+        record_job=record_slurm_job("validate_short"),
         world_size=world_size,
     shell:
         # A fresh start every time: the point is to measure the step time and the starting loss.
-        "rm -rf {params.state_dir} && {params.launcher}aqnet validate-short"
+        "{params.record_job}rm -rf {params.state_dir} && {params.launcher}aqnet validate-short"
         " --config {input.config} --cache {params.cache_dir} --init {input.init}"
         " --out-dir {params.out_dir} --state-dir {params.state_dir}"
         " --world-size {params.world_size}"
@@ -98,6 +99,7 @@ rule finetune:
         out_dir=output_dir("ckpt"),
         state_dir=state_dir("finetune"),
         launcher=launcher,
+        record_job=record_slurm_job("finetune"),
         world_size=world_size,
     shell:
         # Exit 75: SIGUSR1 came before the time limit and the state is saved. Inside a Slurm job
@@ -105,7 +107,7 @@ rule finetune:
         # step so that scontrol is at hand outside the container; Slurm ends this allocation, the
         # plugin keeps waiting for the same job id, and the requeued job resumes from the state.
         # The log is appended to, so it keeps every allocation's part.
-        "rc=0; {params.launcher}aqnet finetune --config {input.config}"
+        "{params.record_job}rc=0; {params.launcher}aqnet finetune --config {input.config}"
         " --cache {params.cache_dir}"
         " --init {input.init} --out-dir {params.out_dir} --state-dir {params.state_dir}"
         " --world-size {params.world_size} >> {log} 2>&1 || rc=$?;"
