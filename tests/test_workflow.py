@@ -121,7 +121,8 @@ def expected_counts(variants: int, *, train_baseline: bool = True) -> dict[str, 
         del counts["train_baseline"]
     counts.update({rule: variants for rule in VARIANT_RULES})
     # data, baseline and report scopes; the baseline scope only when it is trained
-    counts.update(resolve_shared_config=3 if train_baseline else 2, report=1, all=1)
+    # one budget gate before all the fine-tunes
+    counts.update(resolve_shared_config=3 if train_baseline else 2, check_budget=1, report=1, all=1)
     return counts
 
 
@@ -150,7 +151,7 @@ def test_two_variant_dag_and_each_audit_expects_its_keys(
     assert result.returncode == 0, result.stdout
     assert job_counts(result.stdout) == expected_counts(2)
     # Locally no launcher: one process, world size 1.
-    assert re.search(r"Shell command: aqnet finetune .* --world-size 1 ", result.stdout)
+    assert re.search(r"Shell command: .*; aqnet finetune .* --world-size 1 ", result.stdout)
     assert "srun" not in result.stdout
     for variant in TWO_VARIANTS:
         config = f"results/variants/{variant}/config.yaml"
