@@ -231,10 +231,24 @@ def report_run(setup, evaluations) -> dict[str, Any]:
     (gates / "verify_wind_order.json").write_text(
         json.dumps({"verdict": "PASS", "cache": {"digest": "9eeba72ae0dd33f7"}, "digests_equal": 1})
     )
+    # The projection of check_budget, and one stage's benchmark file (what it used locally).
+    (gates / "check_budget.json").write_text(
+        json.dumps(
+            {
+                "projection": {
+                    "stages": [{"stage": "finetune", "variant": "default", "gpu_hours": 0.5}]
+                }
+            }
+        )
+    )
+    bench = setup["root"] / "benchmarks" / "finetune"
+    bench.mkdir(parents=True, exist_ok=True)
+    (bench / "default.tsv").write_text("s\th:m:s\n450.0\t0:07:30\n")
     out = setup["root"] / "report"
     rc, text = run_cli(
         [
             "report",
+            "--benchmarks", str(setup["root"] / "benchmarks"),
             "--config", str(setup["config"]),
             "--cache", str(setup["cache"]),
             "--variant-dir", f"default={variants / 'default'}",
@@ -279,7 +293,15 @@ def test_report_builds_every_file(report_run):
     best = result["best_variant"]
     assert best["name"] == "default" and best["verdict"] == result["verdict"]  # control excluded
     assert [g["status"] for g in result["gates"]] == ["PASS"] * 7
+    # GPU-hours per GPU stage: projected beside used (450 s on 1 node x 4 GPU-h per node-hour)
+    usage = {(r["stage"], r["variant"]): r for r in result["gpu_hours_by_stage"]}
+    assert len(usage) == 4
+    ft = usage[("finetune", "default")]
+    assert ft["projected_gpu_hours"] == 0.5 and ft["used_gpu_hours"] == pytest.approx(0.5)
+    assert ft["used_from"] == "benchmark file"
+    assert usage[("validate_short", "alpha0")]["used_gpu_hours"] is None
     md = (out / "summary.md").read_text()
+    assert "| finetune | default | 1 | 0.5 | 0.5 | benchmark file |" in md
     assert md.splitlines()[2] == f"## Verdict: {result['verdict']} (variant default)"
     assert (out / "summary.html").read_text().count("data:image/png;base64,") == 8
     table = pd.read_csv(out / "rmse_table.csv")

@@ -358,10 +358,18 @@ def test_cost_projection_from_a_constructed_metrics_file(tmp_path: Path) -> None
     times = measured_times(path)
     assert times["step_time_s"] == 2.0 and times["val_time_s"] == 8.0
     cfg = {
-        "launch": {"nodes": 50, "tasks_per_node": 8, "gpu_hours_per_node_hour": 4.0},
-        "finetune": {"steps": 270, "val_every": 25},
+        "launch": {
+            "nodes": 50,
+            "tasks_per_node": 8,
+            "gpu_hours_per_node_hour": 4.0,
+            "step_time_estimate_s": 10.0,
+            "walltime_margin": 1.5,
+            "walltime_startup_min": 15.0,
+            "partition_time_limit_min": 2880,
+        },
+        "finetune": {"steps": 270, "epochs": None, "batch_size": 800, "val_every": 25},
     }
-    cost = short_run_cost(path, cfg, measured_world_size=8)
+    cost = short_run_cost(path, cfg, measured_world_size=8, start_times=35_000)
     # Validation is split over 400 ranks instead of 8: 8 s x 8 / 400 = 0.16 s per pass, 12 passes.
     wall = 270 * 2.0 + 12 * 0.16
     assert cost["wall_time_s"] == pytest.approx(wall)

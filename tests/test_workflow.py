@@ -124,6 +124,7 @@ def expected_counts(variants: int, *, train_baseline: bool = True) -> dict[str, 
     # data, wind_order, baseline and report scopes; the baseline scope only when it is trained
     counts.update(resolve_shared_config=4 if train_baseline else 3, report=1, all=1)
     counts["rehearse_report"] = 1  # one gate over every variant, before any fine-tune
+    counts["check_budget"] = 1  # one budget gate before all the fine-tunes
     return counts
 
 
@@ -157,7 +158,7 @@ def test_two_variant_dag_and_each_audit_expects_its_keys(
     assert result.returncode == 0, result.stdout
     assert job_counts(result.stdout) == expected_counts(3)
     # Locally no launcher: one process, world size 1.
-    assert re.search(r"Shell command: aqnet finetune .* --world-size 1 ", result.stdout)
+    assert re.search(r"Shell command: .*; aqnet finetune .* --world-size 1 ", result.stdout)
     assert "srun" not in result.stdout
     for variant in TWO_VARIANTS:
         config = f"results/variants/{variant}/config.yaml"
@@ -290,21 +291,25 @@ def test_projected_cost_printed_from_config_then_from_validate_short(
     cfg_path = write_config(tmp_path, cfg)
     result = run_snakemake(tmp_path, cfg_path, "--dry-run")
     assert result.returncode == 0, result.stdout
-    # 720 steps x 5 s = 1 h on 2 nodes = 2 node-hours = 8 GPU-hours per variant
-    assert (
-        "projected finetune cost default: 8.00 GPU-h (config estimate: 720 steps" in result.stdout
+    # 720 steps x 5 s = 1 h on 2 nodes = 2 node-hours = 8 GPU-hours per variant; each
+    # validate_short: 2 steps x 5 s on 1 node = 0.011 GPU-hours.
+    assert re.search(
+        r"projected cost: finetune +default +8\.00 GPU-h +720 steps x 5 s", result.stdout
     )
-    assert "projected finetune cost total: 16.00 GPU-h" in result.stdout
+    assert "step time estimated: launch.step_time_estimate_s" in result.stdout
+    assert re.search(r"projected cost: total +16\.02 GPU-h", result.stdout), result.stdout
 
     report = tmp_path / "results/variants/blocks01/validate_short.json"
     report.parent.mkdir(parents=True)
-    report.write_text('{"passed": true, "projected_cost": {"gpu_hours": 3.5}}')
+    report.write_text(
+        '{"passed": true, "measured_step_time_s": 2.5, "measured_val_time_s": 0.0, "world_size": 1}'
+    )
     result = run_snakemake(tmp_path, cfg_path, "--dry-run")
     assert result.returncode == 0, result.stdout
-    assert "projected finetune cost blocks01: 3.50 GPU-h (measured by validate_short)" in (
-        result.stdout
-    )
-    assert "projected finetune cost total: 11.50 GPU-h" in result.stdout
+    # 720 x 2.5 s = 0.5 h on 2 nodes: 4 GPU-hours
+    line = re.search(r"projected cost: finetune +blocks01 .*", result.stdout)
+    assert line and "4.00 GPU-h" in line.group(0) and "measured by validate_short" in line.group(0)
+    assert re.search(r"projected cost: total +12\.02 GPU-h", result.stdout), result.stdout
 
 
 def test_resolved_config_rewritten_only_when_it_changes(

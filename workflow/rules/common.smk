@@ -10,12 +10,12 @@
   reruns when its config changes, and only then.
 * ``launcher`` / ``world_size``: the command prefix of every stage (ranks, container), and the
   number of ranks a multi-rank rule starts.
-* The projected GPU-hours of the fine-tunes, printed when the DAG is built (dry runs too).
+* The projected GPU-hours of every GPU stage (aqnet.train.cost), printed when the workflow is
+  parsed (dry runs too); the budget refusal and the fine-tune's derived wall time.
 """
 
 import hashlib
 import json
-import math
 import os
 import sys
 from pathlib import Path
@@ -31,6 +31,15 @@ from aqnet.config import (
     variant_config,
     with_control_arm,
     with_seeds,
+)
+from aqnet.train.cost import (
+    BudgetExceeded,
+    check_budget,
+    estimated_start_times,
+    format_projection,
+    measured_from_report,
+    run_projection,
+    start_times_in_cache,
 )
 
 
@@ -54,6 +63,7 @@ except ConfigError as exc:
     # One readable line naming the key (no traceback into the package).
     raise WorkflowError(f"invalid configuration: {exc}") from None
 
+
 def _profiles_merged() -> str | None:
     """Why this run would merge a --profile with the default workflow profile, else None.
 
@@ -67,10 +77,17 @@ def _profiles_merged() -> str | None:
         return None
     argv = sys.argv[1:]
     given = [a for a in argv if a == "--profile" or a.startswith("--profile=")]
-    own = [a for a in argv if a == "--workflow-profile" or a.startswith("--workflow-profile=")]
+    own = [
+        a
+        for a in argv
+        if a == "--workflow-profile" or a.startswith("--workflow-profile=")
+    ]
     if not (given or os.environ.get("SNAKEMAKE_PROFILE", "none") != "none") or own:
         return None
-    defaults = [Path("profiles/default"), Path(workflow.basedir) / "profiles" / "default"]
+    defaults = [
+        Path("profiles/default"),
+        Path(workflow.basedir) / "profiles" / "default",
+    ]
     if not any(d.exists() for d in defaults):
         return None
     return (
@@ -359,73 +376,132 @@ def world_size(wildcards, resources) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
-# Projected cost, printed when the DAG is built
+# Projected cost, budget and wall time (computed by aqnet.train.cost, the one place)
 
 
-def _measured_gpu_hours(report_path: Path) -> float | None:
-    """``projected_cost.gpu_hours`` of a passed validate_short report (aqnet.train.cost), if any."""
+def _read_json(path: str):
     try:
-        rep = json.loads(report_path.read_text())
+        return json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return None
-    value = (
-        (rep.get("projected_cost") or {}).get("gpu_hours")
-        if rep.get("passed")
-        else None
+
+
+def train_start_times() -> tuple[int, str]:
+    """Forecast start times of the training split: counted in the cache once it is built, else
+    estimated from the config (hourly data); and which of the two."""
+    meta = _read_json(result("cache/meta.json"))
+    if meta is not None:
+        try:
+            return start_times_in_cache(meta), "counted in the cache"
+        except (KeyError, TypeError, ValueError):
+            pass
+    return (
+        estimated_start_times(CFG),
+        "estimated from the config until build_cache counts them",
     )
-    if isinstance(value, (int, float)) and math.isfinite(value):
-        return float(value)
-    return None
 
 
-def projected_cost() -> list[tuple[str, float, str]]:
-    """Per variant: (name, projected fine-tune GPU-hours, where the figure comes from).
-
-    From the variant's validate_short report when it has run (its measured step time), else
-    from the config: finetune.steps x launch.step_time_estimate_s x launch.nodes x
-    launch.gpu_hours_per_node_hour (an estimate until validate_short has measured it).
+def cost_projection() -> dict:
+    """Every GPU stage's projected GPU-hours (aqnet.train.cost.run_projection), measured by each
+    variant's validate_short where it has passed, else from launch.step_time_estimate_s.
     """
-    rows = []
-    for variant in VARIANTS:
-        measured = _measured_gpu_hours(
-            Path(result(f"variants/{variant}/validate_short.json"))
-        )
-        if measured is not None:
-            rows.append((variant, measured, "measured by validate_short"))
-            continue
-        cfg = resolved_config(variant)
-        launch, steps = cfg["launch"], cfg["finetune"]["steps"]
-        hours = (
-            steps
-            * launch["step_time_estimate_s"]
-            / 3600.0
-            * launch["nodes"]
-            * launch["gpu_hours_per_node_hour"]
-        )
-        rows.append(
-            (
-                variant,
-                hours,
-                f"config estimate: {steps} steps x {launch['step_time_estimate_s']:g} s/step "
-                f"x {launch['nodes']} nodes x {launch['gpu_hours_per_node_hour']:g} "
-                "GPU-h per node-hour",
+    start_times, source = train_start_times()
+    return run_projection(
+        {v: resolved_config(v) for v in VARIANTS},
+        start_times=start_times,
+        start_times_source=source,
+        measured={
+            v: measured_from_report(
+                _read_json(result(f"variants/{v}/validate_short.json"))
             )
+            for v in VARIANTS
+        },
+        max_gpu_hours=CFG["launch"]["max_gpu_hours"],
+    )
+
+
+def finetune_runtime(wildcards) -> int:
+    """The fine-tune's requested wall time in minutes: projected time x launch.walltime_margin +
+    launch.walltime_startup_min, capped by launch.partition_time_limit_min. Evaluated again
+    when the job becomes ready, so validate_short's measurement of the same run is used.
+    """
+    for stage in cost_projection()["stages"]:
+        if stage["stage"] == "finetune" and stage["variant"] == wildcards.variant:
+            return int(stage["cost"]["request"]["minutes"])
+    raise WorkflowError(f"no fine-tune projection for variant {wildcards.variant}")
+
+
+# Rules after which nothing is fine-tuned: `--until` one of them measures without the budget.
+_BEFORE_FINETUNE = {
+    "resolve_config",
+    "resolve_shared_config",
+    "make_demo_data",
+    "build_cache",
+    "train_baseline",
+    "verify_wind_order",
+    "audit_checkpoint",
+    "smoke_forward",
+    "validate_short",
+}
+
+
+def budget_refusal(wildcards) -> list:
+    """An input function of check_budget (so of every fine-tune): refuses the DAG, dry runs
+    included, when the projection exceeds launch.max_gpu_hours. Not applied with
+    `--until <a stage before the fine-tune>`, which measures the step time first."""
+    until = set(workflow.dag_settings.until)
+    if until and until <= _BEFORE_FINETUNE:
+        return []
+    try:
+        check_budget(cost_projection())
+    except BudgetExceeded as exc:
+        raise WorkflowError(str(exc)) from None
+    return []
+
+
+def record_slurm_job(stage: str):
+    """A params function: a shell prefix that records the Slurm job id in
+    ``benchmarks/<stage>/<variant>.slurm_jobs``, from which the report reads the GPU-hours used
+    (aqnet.report.usage). A run that starts afresh (validate_short always; the fine-tune without
+    a resume state) starts the file anew; a resumed or requeued fine-tune adds its allocation.
+    Nothing outside Slurm."""
+
+    def _record(wildcards) -> str:
+        path = result(f"benchmarks/{stage}/{wildcards.variant}.slurm_jobs")
+        fresh = "true"
+        if stage == "finetune":
+            fresh = f"[ ! -e {state_dir(stage)(wildcards)}/last.pt ]"
+        return (
+            f'if [ -n "${{SLURM_JOB_ID:-}}" ]; then mkdir -p {Path(path).parent};'
+            f" if {fresh}; then : > {path}; fi;"
+            f' echo "$SLURM_JOB_ID" >> {path}; fi; '
         )
-    return rows
+
+    return _record
+
+
+def check_gpu_nodes() -> None:
+    """A fine-tune larger than the global `gpu_nodes` resource would be scaled down by Snakemake's
+    scheduler while Slurm still gets launch.nodes: refuse it instead."""
+    limit = workflow.global_resources.get("gpu_nodes")
+    value = getattr(limit, "value", limit)
+    if isinstance(value, int) and CFG["launch"]["nodes"] > value:
+        raise WorkflowError(
+            f"launch.nodes {CFG['launch']['nodes']} exceeds the GPU nodes allowed in flight "
+            f"(--resources gpu_nodes={value}): no fine-tune could ever start"
+        )
 
 
 def print_projected_cost() -> None:
-    """Print the projected fine-tune GPU-hours (once, in the main Snakemake process)."""
+    """Print every GPU stage's projected GPU-hours and their total (main process only)."""
     if not workflow.is_main_process:
         return
-    rows = projected_cost()
-    for variant, hours, source in rows:
-        print(
-            f"aqnet: projected finetune cost {variant}: {hours:.2f} GPU-h ({source})",
-            file=sys.stderr,
-        )
-    total = sum(hours for _, hours, _ in rows)
-    print(f"aqnet: projected finetune cost total: {total:.2f} GPU-h", file=sys.stderr)
+    for line in format_projection(cost_projection()):
+        print(f"aqnet: projected cost: {line}", file=sys.stderr)
 
 
+# Printed while the workflow is parsed rather than from `onstart:`: Snakemake 9 does not run
+# `onstart` on a dry run (workflow.execute skips it when dryrun is set), and `snakemake -n` is
+# where the projection matters most. The figures themselves come from aqnet.train.cost.
+check_gpu_nodes()
 print_projected_cost()

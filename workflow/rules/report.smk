@@ -43,6 +43,8 @@ rule report:
         metrics=expand(rules.finetune.output.metrics, variant=VARIANTS),
         summaries=expand(rules.finetune.output.summary, variant=VARIANTS),
         evaluations=expand(rules.evaluate.output.evaluation, variant=VARIANTS),
+        # The projection beside the GPU-hours used (benchmark files, or sacct on Slurm).
+        budget=rules.check_budget.output.report,
     output:
         verdict=report(
             result("report/verdict.json"),
@@ -120,8 +122,10 @@ rule report:
             for v, c in zip(VARIANTS, input.configs)
         ),
         primary="default" if "default" in VARIANTS else VARIANTS[0],
+        benchmarks=result("benchmarks"),
     shell:
         "{params.launcher}aqnet report --config {input.config} --cache {params.cache_dir}"
         " {params.variant_dirs}"
         " --gates {params.gates_dir} --primary {params.primary} --out-dir {params.out_dir}"
+        " --benchmarks {params.benchmarks}"
         " > {log} 2>&1"

@@ -27,15 +27,17 @@ rule validate_short:
         tasks_per_node=CFG["launch"]["tasks_per_node"],
         mem_mb=8000,
         runtime=30,
+        gpu_nodes=1,
     params:
         cache_dir=input_dir("cache"),
         out_dir=output_dir("metrics"),
         state_dir=result("state/{variant}/validate_short"),
         launcher=launcher,
+        record_job=record_slurm_job("validate_short"),
         world_size=world_size,
     shell:
         # A fresh start every time: the point is to measure the step time and the starting loss.
-        "rm -rf {params.state_dir} && {params.launcher}aqnet validate-short"
+        "{params.record_job}rm -rf {params.state_dir} && {params.launcher}aqnet validate-short"
         " --config {input.config} --cache {params.cache_dir} --init {input.init}"
         " --out-dir {params.out_dir} --state-dir {params.state_dir}"
         " --world-size {params.world_size}"
@@ -86,6 +88,27 @@ rule rehearse_report:
         " exit 1; }}"
 
 
+rule check_budget:
+    # The budget gate before any fine-tune: the projection again, now with every variant's
+    # measured step time. budget_refusal already refuses the DAG (dry runs too) on the figures
+    # known when it is built.
+    input:
+        budget_refusal,
+        cache=rules.build_cache.output.meta,
+        configs=expand(rules.resolve_config.output.config, variant=VARIANTS),
+        validated=expand(rules.validate_short.output.report, variant=VARIANTS),
+    output:
+        report=result("gates/check_budget.json"),
+    log:
+        log="logs/check_budget.log",
+        report="logs/check_budget.json",
+    localrule: True
+    conda:
+        ENV
+    script:
+        "../scripts/check_budget.py"
+
+
 rule finetune:
     input:
         config=rules.resolve_config.output.config,
@@ -95,6 +118,7 @@ rule finetune:
         # ancient: a rehearsal rerun for a new variant does not make the finished fine-tunes
         # of the others out of date; it still runs (and must pass) before any fine-tune starts
         rehearsed=ancient(rules.rehearse_report.output.report),
+        budget=rules.check_budget.output.report,
     output:
         ckpt=result("variants/{variant}/finetune/final.ckpt"),
         metrics=result("variants/{variant}/finetune/metrics.csv"),
@@ -110,17 +134,30 @@ rule finetune:
         nodes=CFG["launch"]["nodes"],
         tasks_per_node=CFG["launch"]["tasks_per_node"],
         mem_mb=8000,
-        runtime=120,
+        # Projected time x margin + start-up, capped by the partition (finetune_runtime).
+        runtime=finetune_runtime,
+        # Counted against the global `--resources gpu_nodes=N` (profiles/lumi): the fine-tunes of
+        # several variants queue one after another instead of all at once.
+        gpu_nodes=CFG["launch"]["nodes"],
     params:
         cache_dir=input_dir("cache"),
         out_dir=output_dir("ckpt"),
         state_dir=state_dir("finetune"),
         launcher=launcher,
+        record_job=record_slurm_job("finetune"),
         world_size=world_size,
     shell:
         # --expected-step-time-from: validate_short's measured step time arms the watchdog.
-        "{params.launcher}aqnet finetune --config {input.config}"
+        # Exit 75: SIGUSR1 came before the time limit and the state is saved. Inside a Slurm job
+        # (SLURM_JOB_ID, which the executor plugin keeps) the job requeues itself, from the batch
+        # step so that scontrol is at hand outside the container; Slurm ends this allocation, the
+        # plugin keeps waiting for the same job id, and the requeued job resumes from the state.
+        # The log is appended to, so it keeps every allocation's part.
+        "{params.record_job}rc=0; {params.launcher}aqnet finetune --config {input.config}"
         " --cache {params.cache_dir}"
         " --init {input.init} --out-dir {params.out_dir} --state-dir {params.state_dir}"
         " --world-size {params.world_size}"
-        " --expected-step-time-from {input.validated} > {log} 2>&1"
+        " --expected-step-time-from {input.validated} >> {log} 2>&1 || rc=$?;"
+        ' if [ "$rc" -eq 75 ] && [ -n "${{SLURM_JOB_ID:-}}" ]; then'
+        ' echo "finetune: requeueing Slurm job $SLURM_JOB_ID to resume" >> {log};'
+        ' scontrol requeue "$SLURM_JOB_ID" && sleep 600; fi; exit "$rc"'

@@ -70,6 +70,7 @@ from aqnet.report.inputs import (
     read_json_report,
 )
 from aqnet.report.seeds import pool_runs, run_means, seed_test
+from aqnet.report.usage import usage_rows
 from aqnet.stage import atomic_write_bytes, write_json
 
 log = logging.getLogger("aqnet.report")
@@ -188,6 +189,7 @@ def build_report(
     gates_dir: str | Path | None,
     out_dir: str | Path,
     primary: str | None = None,
+    benchmarks_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Read every variant's results, decide the verdicts, write every file of :data:`OUTPUTS`.
 
@@ -198,6 +200,9 @@ def build_report(
         gates_dir: the folder holding ``verify_wind_order.json`` (``None``: shown as MISSING).
         out_dir: where the report goes.
         primary: the variant the headline verdict is about (default: ``default`` or the first).
+        benchmarks_dir: the pipeline's benchmark folder, for the GPU-hours each GPU stage used
+            (:mod:`aqnet.report.usage`; ``None``: shown as not recorded). The projection beside
+            them is ``check_budget.json`` in ``gates_dir``.
 
     Returns:
         The content of ``verdict.json``.
@@ -279,6 +284,12 @@ def build_report(
     base_map, ft_map = analysis.mse_maps(ev)
     wind_order = read_json_report(Path(gates_dir) / WIND_ORDER_FILE) if gates_dir else None
     gates = gate_rows(wind_order, variants)
+    usage = usage_rows(
+        cfg["launch"],
+        list(variants),
+        benchmarks_dir=benchmarks_dir,
+        budget_report=Path(gates_dir) / "check_budget.json" if gates_dir else None,
+    )
     costs = comparison[["variant", "projected_gpu_hours"]].assign(
         measured_gpu_hours=comparison["gpu_hours"]
     )
@@ -353,6 +364,10 @@ def build_report(
         "best_variant": best,
         "breakdown": breakdown.to_dict(orient="records"),
         "gates": gates,
+        "gpu_hours_by_stage": [
+            {k: (_finite(v) if isinstance(v, float) else v) for k, v in row.items()}
+            for row in usage
+        ],
         "gain_by_elevation": bands.to_dict(orient="records"),
         "gain_by_terrain": terrain.to_dict(orient="records"),
         "top_regions": regions.head(5).to_dict(orient="records"),
@@ -529,6 +544,8 @@ def _summary(
     blocks.append(("img", figures.FIGURES["gain_by_region"]))
     blocks.append(("h2", "Gates and cost"))
     blocks.append(("table", pd.DataFrame(gates)))
+    blocks.append(("p", "GPU-hours per GPU stage: projected by check_budget, and used."))
+    blocks.append(("table", pd.DataFrame(result["gpu_hours_by_stage"])))
     blocks.append(("img", figures.FIGURES["gates"]))
 
     lines = ["# TopoFlow fine-tune report", ""]

@@ -107,6 +107,12 @@ def add_arguments_report(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out-dir", required=True, type=Path, help="report folder")
     parser.add_argument(
+        "--benchmarks",
+        type=Path,
+        default=None,
+        help="the pipeline's benchmark folder (GPU-hours each GPU stage used)",
+    )
+    parser.add_argument(
         "--primary", default=None, help="variant of the headline verdict (default: 'default')"
     )
 
@@ -125,6 +131,7 @@ def run_report(args: argparse.Namespace) -> int:
             gates_dir=args.gates,
             out_dir=args.out_dir,
             primary=args.primary,
+            benchmarks_dir=args.benchmarks,
         )
         return f"{result['line']} (variant {result['variant']}; report in {args.out_dir})"
 

@@ -23,9 +23,26 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from aqnet.stage import StageFailure
 from aqnet.train.metrics import read_metrics
 
-__all__ = ["measured_times", "project_cost", "validation_passes"]
+__all__ = [
+    "BudgetExceeded",
+    "budget_gate",
+    "check_budget",
+    "estimated_start_times",
+    "finetune_projection",
+    "format_projection",
+    "measured_from_report",
+    "measured_times",
+    "project_cost",
+    "requested_minutes",
+    "run_length",
+    "run_projection",
+    "start_times_in_cache",
+    "validate_short_projection",
+    "validation_passes",
+]
 
 
 def project_cost(
@@ -123,3 +140,360 @@ def measured_times(
         "steps_measured": float(len(kept)),
         "val_passes_measured": float(len(vals)),
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# The run's length in the study's terms: steps, epochs, samples seen
+
+
+def _max_lead_steps(lead_times_h: Sequence[int], time_step_h: float) -> int:
+    return int(round(max(int(h) for h in lead_times_h) / float(time_step_h)))
+
+
+def start_times_in_cache(meta: Mapping[str, Any], *, split: str = "train") -> int:
+    """Forecast start times of a cache's split: per year, its time steps minus the longest lead.
+
+    The same count :class:`aqnet.data.CacheDataset` indexes (its items are these start times x the
+    lead times).
+
+    Args:
+        meta: the cache's ``meta.json`` (``split``, ``per_year[year].n_times``, ``time_step_h``,
+            ``lead_times_h``).
+        split: ``train``, ``val`` or ``test``.
+    """
+    lead_steps = _max_lead_steps(meta["lead_times_h"], meta["time_step_h"])
+    years = meta["split"][split]
+    return sum(max(int(meta["per_year"][str(y)]["n_times"]) - lead_steps, 0) for y in years)
+
+
+def estimated_start_times(cfg: Mapping[str, Any]) -> int:
+    """Forecast start times of the training split, before the cache exists to count them.
+
+    Hourly data is assumed: the demo's ``data.demo.hours`` per year, a real year's calendar hours
+    (8784 in a leap year, else 8760); minus the longest lead time in hours, per year.
+    """
+    lead_h = max(int(h) for h in cfg["lead_times_h"])
+    total = 0
+    for year in cfg["data"]["split"]["train"]:
+        if cfg["data"]["source"] == "demo":
+            hours = int(cfg["data"]["demo"]["hours"])
+        else:
+            leap = (year % 4 == 0 and year % 100 != 0) or year % 400 == 0
+            hours = 8784 if leap else 8760
+        total += max(hours - lead_h, 0)
+    return total
+
+
+def run_length(tcfg: Mapping[str, Any], *, start_times: int) -> dict[str, Any]:
+    """Steps, epochs and samples seen of a training run.
+
+    One epoch is one pass over the training split's forecast start times - the study's unit
+    ("1 epoch = 270 steps" at about 128 samples per step over the ~35,000 hourly start times of
+    2013-2016, issue 14). With ``epochs`` set, ``steps = ceil(epochs x start times / batch_size)``
+    and ``steps`` is not used; without it, ``steps`` is the length and the epochs follow from it.
+
+    Args:
+        tcfg: a ``definitions/train`` section (``finetune``): ``steps``, ``epochs``,
+            ``batch_size`` (global).
+        start_times: forecast start times of the training split.
+
+    Returns:
+        ``{"steps", "epochs", "samples_seen", "start_times", "global_batch", "derived_from"}``;
+        ``derived_from`` is ``"epochs"`` or ``"steps"``.
+
+    Raises:
+        ValueError: no start time to train on.
+    """
+    if start_times < 1:
+        raise ValueError(f"the training split has {start_times} forecast start times; need >= 1")
+    batch = int(tcfg["batch_size"])
+    epochs = tcfg.get("epochs")
+    if epochs is not None:
+        steps = max(1, math.ceil(float(epochs) * start_times / batch))
+        source = "epochs"
+    else:
+        steps, source = int(tcfg["steps"]), "steps"
+    return {
+        "steps": steps,
+        "epochs": steps * batch / start_times,
+        "samples_seen": steps * batch,
+        "start_times": int(start_times),
+        "global_batch": batch,
+        "derived_from": source,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# The requested wall time
+
+
+def requested_minutes(
+    cost: Mapping[str, Any],
+    *,
+    margin: float,
+    startup_min: float,
+    limit_min: int,
+) -> dict[str, Any]:
+    """The wall time to request for a run: projected time x margin + start-up, capped.
+
+    ``minutes = ceil(wall_time_s x margin / 60 + startup_min)``, then at most ``limit_min`` (the
+    partition's limit). A capped request cannot finish in one allocation: the run saves at
+    Slurm's warning signal and its job requeues itself (``finetune`` rule).
+
+    Args:
+        cost: :func:`project_cost`'s dict (``wall_time_s``).
+        margin: factor >= 1 on the projected time (``launch.walltime_margin``).
+        startup_min: minutes added for start-up and the signal's warning time
+            (``launch.walltime_startup_min``).
+        limit_min: the partition's time limit in minutes (``launch.partition_time_limit_min``).
+
+    Returns:
+        ``{"minutes", "uncapped_minutes", "capped", "limit_min", "margin", "startup_min"}``.
+    """
+    if margin < 1 or startup_min < 0 or limit_min < 1:
+        raise ValueError(
+            f"requested_minutes: margin ({margin}) must be >= 1, startup_min ({startup_min}) "
+            f">= 0 and limit_min ({limit_min}) >= 1"
+        )
+    uncapped = math.ceil(float(cost["wall_time_s"]) * margin / 60.0 + startup_min)
+    return {
+        "minutes": min(uncapped, int(limit_min)),
+        "uncapped_minutes": uncapped,
+        "capped": uncapped > limit_min,
+        "limit_min": int(limit_min),
+        "margin": float(margin),
+        "startup_min": float(startup_min),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# The projection of a whole run: every GPU stage of every variant, against the budget
+
+
+class BudgetExceeded(StageFailure):
+    """The projected GPU-hours exceed ``launch.max_gpu_hours``."""
+
+
+def measured_from_report(report: Mapping[str, Any] | None) -> dict[str, float] | None:
+    """The step and validation times a passed ``validate_short`` report measured, if any.
+
+    Returns:
+        ``{"step_time_s", "val_time_s", "world_size"}`` or ``None`` (no report, a failed one, or
+        one without finite times).
+    """
+    if not report or not report.get("passed"):
+        return None
+    step = report.get("measured_step_time_s")
+    val = report.get("measured_val_time_s", 0.0)
+    world = report.get("world_size")
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in (step, val, world)):
+        return None
+    return {"step_time_s": float(step), "val_time_s": float(val), "world_size": float(world)}
+
+
+def finetune_projection(
+    cfg: Mapping[str, Any],
+    *,
+    start_times: int,
+    measured: Mapping[str, float] | None,
+) -> dict[str, Any]:
+    """The fine-tune of one variant: length, cost and requested wall time.
+
+    With ``measured`` (:func:`measured_from_report`) the step time and the validation time
+    (scaled from the short run's ranks to the full run's) are validate_short's; without it the
+    step time is ``launch.step_time_estimate_s`` and validation time is not counted.
+
+    Args:
+        cfg: the variant's resolved config.
+        start_times: forecast start times of the training split.
+        measured: the short run's times, or ``None`` before it ran.
+
+    Returns:
+        :func:`project_cost`'s dict plus ``"length"`` (:func:`run_length`), ``"request"``
+        (:func:`requested_minutes`), ``"source"`` (``"measured"`` or ``"estimate"``) and
+        ``"full_world_size"``.
+    """
+    launch, ft = cfg["launch"], cfg["finetune"]
+    length = run_length(ft, start_times=start_times)
+    full_world = int(launch["nodes"]) * int(launch["tasks_per_node"])
+    if measured is not None:
+        step_s = float(measured["step_time_s"])
+        val_s = float(measured["val_time_s"]) * float(measured["world_size"]) / full_world
+        source = "measured"
+    else:
+        step_s, val_s, source = float(launch["step_time_estimate_s"]), 0.0, "estimate"
+    cost = project_cost(
+        step_s,
+        steps=length["steps"],
+        nodes=int(launch["nodes"]),
+        gpu_hours_per_node_hour=float(launch["gpu_hours_per_node_hour"]),
+        val_time_s=val_s,
+        val_passes=validation_passes(length["steps"], int(ft["val_every"])),
+    )
+    cost["length"] = length
+    cost["request"] = requested_minutes(
+        cost,
+        margin=float(launch["walltime_margin"]),
+        startup_min=float(launch["walltime_startup_min"]),
+        limit_min=int(launch["partition_time_limit_min"]),
+    )
+    cost["source"] = source
+    cost["full_world_size"] = full_world
+    return cost
+
+
+def validate_short_projection(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The short run of one variant: ``gates.validate_short_steps`` on one node.
+
+    Its own step time is always the estimate (``launch.step_time_estimate_s``): what it measures
+    is the fine-tune's. Start-up is not counted here, as for the fine-tune (:func:`project_cost`).
+    """
+    launch = cfg["launch"]
+    cost = project_cost(
+        float(launch["step_time_estimate_s"]),
+        steps=int(cfg["gates"]["validate_short_steps"]),
+        nodes=1,
+        gpu_hours_per_node_hour=float(launch["gpu_hours_per_node_hour"]),
+    )
+    cost["source"] = "estimate"
+    return cost
+
+
+def run_projection(
+    variant_cfgs: Mapping[str, Mapping[str, Any]],
+    *,
+    start_times: int,
+    start_times_source: str,
+    measured: Mapping[str, Mapping[str, float] | None],
+    max_gpu_hours: float | None,
+) -> dict[str, Any]:
+    """Every GPU stage of a run, its GPU-hours, their total and the budget.
+
+    Args:
+        variant_cfgs: ``{variant: resolved config}``.
+        start_times: forecast start times of the training split.
+        start_times_source: where ``start_times`` came from (``"cache"`` or ``"estimate"``).
+        measured: ``{variant: validate_short's times or None}``.
+        max_gpu_hours: ``launch.max_gpu_hours`` (``None``: no budget).
+
+    Returns:
+        ``{"stages": [{"stage", "variant", "gpu_hours", "cost"}], "total_gpu_hours",
+        "max_gpu_hours", "over_budget", "start_times", "start_times_source"}``.
+    """
+    stages = []
+    for variant, cfg in variant_cfgs.items():
+        short = validate_short_projection(cfg)
+        stages.append(
+            {
+                "stage": "validate_short",
+                "variant": variant,
+                "gpu_hours": short["gpu_hours"],
+                "cost": short,
+            }
+        )
+        full = finetune_projection(cfg, start_times=start_times, measured=measured.get(variant))
+        stages.append(
+            {"stage": "finetune", "variant": variant, "gpu_hours": full["gpu_hours"], "cost": full}
+        )
+    total = sum(s["gpu_hours"] for s in stages)
+    return {
+        "stages": stages,
+        "total_gpu_hours": total,
+        "max_gpu_hours": max_gpu_hours,
+        "over_budget": max_gpu_hours is not None and total > max_gpu_hours,
+        "start_times": int(start_times),
+        "start_times_source": start_times_source,
+    }
+
+
+def format_projection(projection: Mapping[str, Any]) -> list[str]:
+    """The projection as lines for a terminal: one per GPU stage, then the total and budget."""
+    lines = []
+    for s in projection["stages"]:
+        c = s["cost"]
+        text = (
+            f"{s['stage']:<15} {s['variant']:<20} {s['gpu_hours']:9.2f} GPU-h  "
+            f"{c['steps']} steps x {c['step_time_s']:.3g} s on {c['nodes']} node(s)"
+        )
+        if s["stage"] == "finetune":
+            length, req = c["length"], c["request"]
+            text += (
+                f" = {length['epochs']:.2f} epoch(s), {length['samples_seen']} samples seen; "
+                f"wall time requested {req['minutes']} min"
+                + (f" (capped at the partition's {req['limit_min']} min)" if req["capped"] else "")
+            )
+        text += (
+            " [step time measured by validate_short]"
+            if c["source"] == "measured"
+            else " [step time estimated: launch.step_time_estimate_s, until validate_short runs]"
+        )
+        lines.append(text)
+    budget = projection["max_gpu_hours"]
+    lines.append(
+        f"total           {'':<20} {projection['total_gpu_hours']:9.2f} GPU-h"
+        + (
+            f" of a budget of {budget:g} GPU-h (launch.max_gpu_hours)"
+            if budget is not None
+            else " (no budget: launch.max_gpu_hours is null)"
+        )
+        + f"; {projection['start_times']} training start times ({projection['start_times_source']})"
+    )
+    return lines
+
+
+def check_budget(projection: Mapping[str, Any]) -> None:
+    """Refuse a run whose projected GPU-hours exceed its budget.
+
+    Raises:
+        BudgetExceeded: naming the projected total and the budget.
+    """
+    if projection["over_budget"]:
+        finetunes = [s for s in projection["stages"] if s["stage"] == "finetune"]
+        estimated = any(s["cost"]["source"] == "estimate" for s in finetunes)
+        raise BudgetExceeded(
+            f"projected {projection['total_gpu_hours']:.4g} GPU-hours exceed the budget of "
+            f"{projection['max_gpu_hours']:g} GPU-hours (launch.max_gpu_hours); the fine-tunes "
+            "are not submitted. Lower finetune.epochs, launch.nodes or the number of variants, "
+            "or raise launch.max_gpu_hours"
+            + (
+                "; the step time is still the estimate (launch.step_time_estimate_s): "
+                "`snakemake --until validate_short` measures it"
+                if estimated
+                else ""
+            )
+        )
+
+
+def budget_gate(
+    variant_cfgs: Mapping[str, Mapping[str, Any]],
+    *,
+    reports: Mapping[str, Mapping[str, Any] | None],
+    meta: Mapping[str, Any],
+    report: dict[str, Any],
+) -> str:
+    """Gate ``check_budget``, run after every variant's validate_short and before any fine-tune.
+
+    The projection (:func:`run_projection`) with the measured step times and the cache's count of
+    training start times; the budget is ``launch.max_gpu_hours`` of the first variant (the
+    ``launch`` section is not a variant override). Fills ``report`` with the projection.
+
+    Returns:
+        the one-line reason of a pass.
+
+    Raises:
+        BudgetExceeded: the projected total is over the budget.
+    """
+    first = next(iter(variant_cfgs.values()))
+    projection = run_projection(
+        variant_cfgs,
+        start_times=start_times_in_cache(meta),
+        start_times_source="counted in the cache",
+        measured={v: measured_from_report(reports.get(v)) for v in variant_cfgs},
+        max_gpu_hours=first["launch"]["max_gpu_hours"],
+    )
+    report.update(projection=projection, lines=format_projection(projection))
+    check_budget(projection)
+    budget = projection["max_gpu_hours"]
+    return f"projected {projection['total_gpu_hours']:.4g} GPU-hours" + (
+        f" within the budget of {budget:g} GPU-hours" if budget is not None else " (no budget)"
+    )

@@ -69,6 +69,7 @@ from aqnet.evaluation import ErrorSums
 from aqnet.losses import masked_mse
 from aqnet.model.presets import input_variables
 from aqnet.stage import StageFailure, WriteFailure, write_json
+from aqnet.train.cost import run_length
 from aqnet.train.distributed import DistContext, init_distributed
 from aqnet.train.metrics import Progress, metric_columns, write_metrics
 from aqnet.train.optim import (
@@ -167,14 +168,21 @@ class BatchPlan:
         return self.micro_batch * self.grad_accum
 
 
-def plan_batches(cfg: Mapping[str, Any], stage: str, *, world_size: int) -> BatchPlan:
+def plan_batches(
+    cfg: Mapping[str, Any], stage: str, *, world_size: int, start_times: int | None = None
+) -> BatchPlan:
     """The batch layout of ``stage`` on ``world_size`` ranks.
+
+    ``start_times`` (forecast start times of the training split) lets ``epochs`` set the length
+    (:func:`aqnet.train.cost.run_length`); without it the length is ``steps``.
 
     Raises:
         ValueError: a global batch that does not split evenly over ranks and micro-batches.
     """
     tcfg = train_section(cfg, stage)
     batch, accum = int(tcfg["batch_size"]), int(tcfg["grad_accum"])
+    if start_times is not None:
+        tcfg["steps"] = run_length(tcfg, start_times=start_times)["steps"]
     section = "baseline.train" if stage == "baseline" else "finetune"
     if stage == "validate_short":
         launch = cfg["launch"]
@@ -353,7 +361,6 @@ class _Trainer:
         self.state_path = state_dir / STATE_FILE
         self.usr1 = usr1
         self.tick = tick or (lambda: None)
-        self.plan = plan_batches(cfg, stage, world_size=ctx.world_size)
         wcfg = self.tcfg["watchdog"]
         self.watchdog = (
             None
@@ -380,6 +387,10 @@ class _Trainer:
         }
         self.train_ds = CacheDataset(cache_dir, "train", **data_args)
         self.val_ds = CacheDataset(cache_dir, "val", **data_args)
+        # The length follows the training split when it is given in epochs.
+        self.plan = plan_batches(
+            cfg, stage, world_size=ctx.world_size, start_times=sum(self.train_ds.n_base)
+        )
         # The pipeline's validation subset (the smoke_forward gate evaluates the same items).
         self.n_val = validation_samples(cfg, len(self.val_ds))
         self.steps_per_epoch = len(self.train_ds) // self.plan.global_batch
@@ -927,6 +938,10 @@ class _Trainer:
             "steps": self.step,
             "world_size": self.ctx.world_size,
             "global_batch": self.plan.global_batch,
+            # The length in the study's terms: passes over the training start times.
+            "samples_seen": self.step * self.plan.global_batch,
+            "train_start_times": sum(self.train_ds.n_base),
+            "epochs": self.step * self.plan.global_batch / sum(self.train_ds.n_base),
             "validation_samples": self.n_val,
             "step0_val_loss": val_rows[0]["val_loss"] if val_rows else None,
             "final_val_loss": final.get("val_loss"),

@@ -16,8 +16,10 @@ It runs :func:`aqnet.train.run_training` with ``stage="validate_short"`` (the fi
 
 The JSON report (written on every outcome by :func:`aqnet.stage.run_stage`) holds the measured
 step and validation times and the projected cost of the full run
-(:func:`aqnet.train.cost.project_cost`): ``finetune.steps`` x step time x ``launch.nodes`` as
-node-hours, as GPU-hours (``launch.gpu_hours_per_node_hour``) and as wall time.
+(:func:`aqnet.train.cost.finetune_projection`): the fine-tune's steps (``finetune.epochs`` of
+the cache's training start times, or ``finetune.steps``) x step time x ``launch.nodes`` as
+node-hours, as GPU-hours (``launch.gpu_hours_per_node_hour``), as wall time and as the wall time
+its job requests.
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from aqnet.data import read_meta
 from aqnet.stage import StageFailure
-from aqnet.train.cost import measured_times, project_cost, validation_passes
+from aqnet.train.cost import finetune_projection, measured_times, start_times_in_cache
 from aqnet.train.loop import run_training
 
 __all__ = ["baseline_val_loss", "short_run_cost", "validate_short"]
@@ -59,32 +62,33 @@ def short_run_cost(
     cfg: Mapping[str, Any],
     *,
     measured_world_size: int,
+    start_times: int,
 ) -> dict[str, Any]:
     """Project the full fine-tune's cost from a short run's metrics.
 
     Args:
         metrics: the short run's ``metrics.csv`` (or its rows).
-        cfg: the resolved config (``finetune.steps``, ``finetune.val_every``, ``launch``).
+        cfg: the resolved config (``finetune``, ``launch``).
         measured_world_size: ranks of the short run (its validation time is scaled by
             ``measured / full`` ranks, since the validation set is split over the ranks).
+        start_times: forecast start times of the training split (the length in epochs).
 
     Returns:
-        :func:`project_cost`'s dict plus ``"measured"`` (the medians) and ``"full_world_size"``.
+        :func:`aqnet.train.cost.finetune_projection`'s dict plus ``"measured"`` (the medians)
+        and ``"measured_world_size"``.
     """
-    launch, ft = cfg["launch"], cfg["finetune"]
     times = measured_times(metrics)
-    full_world = int(launch["nodes"]) * int(launch["tasks_per_node"])
-    cost = project_cost(
-        times["step_time_s"],
-        steps=int(ft["steps"]),
-        nodes=int(launch["nodes"]),
-        gpu_hours_per_node_hour=float(launch["gpu_hours_per_node_hour"]),
-        val_time_s=times["val_time_s"] * measured_world_size / full_world,
-        val_passes=validation_passes(int(ft["steps"]), int(ft["val_every"])),
+    cost = finetune_projection(
+        cfg,
+        start_times=start_times,
+        measured={
+            "step_time_s": times["step_time_s"],
+            "val_time_s": times["val_time_s"],
+            "world_size": float(measured_world_size),
+        },
     )
     cost["measured"] = times
     cost["measured_world_size"] = int(measured_world_size)
-    cost["full_world_size"] = full_world
     return cost
 
 
@@ -163,7 +167,12 @@ def validate_short(
     rel = abs(v0 - base) / max(abs(base), 1e-12)
     report.update(step0_val_loss=v0, step0_rel_diff=rel)
 
-    cost = short_run_cost(rows, cfg, measured_world_size=world)
+    cost = short_run_cost(
+        rows,
+        cfg,
+        measured_world_size=world,
+        start_times=start_times_in_cache(read_meta(cache_dir)),
+    )
     report["measured_step_time_s"] = cost["step_time_s"]
     report["measured_val_time_s"] = cost["measured"]["val_time_s"]
     report["projected_cost"] = cost
@@ -179,7 +188,9 @@ def validate_short(
         f"{world} rank(s) agreed on the world size; step-0 val_loss {v0:.4f} on "
         f"{result['validation_samples']} validation samples within {100 * rel:.2f}% of the "
         f"baseline's {base:.4f}; {result['steps_done']} steps finite; "
-        f"projected full run: {cost['steps']} steps x {cost['step_time_s']:.3g} s x "
+        f"projected full run: {cost['steps']} steps ({cost['length']['epochs']:.3g} epochs, "
+        f"{cost['length']['samples_seen']} samples) x {cost['step_time_s']:.3g} s x "
         f"{cost['nodes']} node(s) = {cost['node_hours']:.3g} node-hours = "
-        f"{cost['gpu_hours']:.3g} GPU-hours, wall time {cost['wall_time_h']:.3g} h"
+        f"{cost['gpu_hours']:.3g} GPU-hours, wall time {cost['wall_time_h']:.3g} h "
+        f"(requested {cost['request']['minutes']} min)"
     )
