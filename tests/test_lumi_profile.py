@@ -61,6 +61,10 @@ def test_the_lumi_profile_is_the_only_one_in_force(
         rule: res["slurm_partition"] for rule, res in lumi["set-resources"].items()
     }
     assert _raw(args.set_resources["finetune"])["nodes"] == "50"
+    # Every multi-rank stage starts its ranks with srun --label: each log line names its rank.
+    ranked = {rule: _raw(res)["mpi"] for rule, res in args.set_resources.items() if "mpi" in res}
+    assert {"validate_short", "finetune"} <= set(ranked)
+    assert all(mpi.split()[:2] == ["srun", "--label"] for mpi in ranked.values()), ranked
 
 
 def test_a_bare_snakemake_still_takes_the_demo_profile(

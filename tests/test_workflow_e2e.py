@@ -127,6 +127,7 @@ def test_rerun_stages_by_name(pipeline: tuple[Path, Path, str]) -> None:
     assert job_counts(forced.stdout) == {
         **dict.fromkeys(downstream, 2),
         "rehearse_report": 1,
+        "check_budget": 1,
         "report": 1,
         "all": 1,
     }

@@ -118,7 +118,8 @@ rule finetune:
         # ancient: a rehearsal rerun for a new variant does not make the finished fine-tunes
         # of the others out of date; it still runs (and must pass) before any fine-tune starts
         rehearsed=ancient(rules.rehearse_report.output.report),
-        budget=rules.check_budget.output.report,
+        # ancient as well: the budget gate covers every variant, so a new variant reruns it
+        budget=ancient(rules.check_budget.output.report),
     output:
         ckpt=result("variants/{variant}/finetune/final.ckpt"),
         metrics=result("variants/{variant}/finetune/metrics.csv"),
