@@ -13,8 +13,8 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 demo: $(BIN)/.installed
-	$(BIN)/snakemake --cores 2
-	$(BIN)/snakemake --cores 2 --report results/report.html
+	$(BIN)/snakemake --profile profiles/local --cores 2
+	$(BIN)/snakemake --profile profiles/local --cores 2 --report results/report.html
 	@echo "demo done: open results/report.html"
 
 test: $(BIN)/.installed
@@ -24,7 +24,7 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/snakefmt --check .
-	$(BIN)/snakemake --lint
+	$(BIN)/snakemake --profile profiles/local --lint
 
 clean:
 	rm -rf results .snakemake

@@ -1,12 +1,15 @@
 """TopoFlow fine-tune pipeline.
 
-    snakemake                                 # the demo, locally (profiles/default)
-    snakemake --workflow-profile profiles/lumi         # the real run on LUMI
+    snakemake --profile profiles/local        # the demo, locally (what `make demo` runs)
+    snakemake --profile profiles/lumi         # the real run on LUMI
     snakemake verify_wind_order               # a shared stage by name (and what it needs)
     snakemake --until audit_checkpoint        # a per-variant stage, for every variant
     snakemake --forcerun smoke_forward        # redo a stage and what depends on it
     snakemake --until validate_short          # stop before the expensive stages
     snakemake -n                              # the plan and the projected GPU-hours
+
+Locally, give the local profile to each (``--profile profiles/local``) or once for the shell
+(``export SNAKEMAKE_PROFILE=$PWD/profiles/local``); a ``--profile profiles/lumi`` replaces it.
 
 Per-variant stages (audit_checkpoint .. evaluate) have a ``{variant}`` wildcard: name them with
 ``--until``/``--forcerun``, or ask for a file, e.g. ``results/variants/h500/smoke_forward.json``

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from aqnet.config import validate_config
+from aqnet.config import config_digest, validate_config
 from aqnet.train.cost import (
     BudgetExceeded,
     budget_gate,
@@ -21,6 +21,8 @@ from aqnet.train.cost import (
     estimated_start_times,
     finetune_projection,
     format_projection,
+    ignored_measurement,
+    measured_from_report,
     requested_minutes,
     run_length,
     run_projection,
@@ -171,7 +173,12 @@ def test_budget_gate_uses_the_measured_step_times(lumi_cfg) -> None:
         "split": {"train": [2013]},
         "per_year": {"2013": {"n_times": 8000 + 96}},
     }  # 8000 start times: 10 steps at 800
-    fast = {"passed": True, "measured_step_time_s": 30.0, "measured_val_time_s": 0.0}
+    fast = {
+        "passed": True,
+        "measured_step_time_s": 30.0,
+        "measured_val_time_s": 0.0,
+        "config_digest": config_digest(cfg),
+    }
     reports = {"default": {**fast, "world_size": 8}}
     report: dict[str, Any] = {}
     reason = budget_gate({"default": cfg}, reports=reports, meta=meta, report=report)
@@ -188,6 +195,41 @@ def test_budget_gate_uses_the_measured_step_times(lumi_cfg) -> None:
     report = {}
     budget_gate({"default": cfg}, reports=failed, meta=meta, report=report)
     assert report["projection"]["stages"][1]["cost"]["source"] == "estimate"
+
+
+def test_a_measurement_made_under_another_config_is_not_quoted(lumi_cfg) -> None:
+    """The demo's validate_short (another config, another results folder) or one from before a
+    config change is not this run's step time: the estimate stands in, and the line says why."""
+    cfg = copy.deepcopy(lumi_cfg)
+    demo_cfg = copy.deepcopy(cfg)
+    demo_cfg["launch"]["nodes"] = 1
+    measured = {
+        "passed": True,
+        "measured_step_time_s": 0.05,
+        "measured_val_time_s": 0.0,
+        "world_size": 1,
+        "config_digest": config_digest(demo_cfg),
+    }
+    assert measured_from_report(measured) is not None  # no config to compare: used as it is
+    assert measured_from_report(measured, demo_cfg) is not None
+    assert measured_from_report(measured, cfg) is None
+    note = ignored_measurement(measured, cfg)
+    assert note is not None and f"made under config {config_digest(demo_cfg)}" in note
+    proj = run_projection(
+        {"default": cfg},
+        start_times=8000,
+        start_times_source="counted in the cache",
+        measured={"default": measured_from_report(measured, cfg)},
+        notes={"default": note},
+        max_gpu_hours=None,
+    )
+    finetune = proj["stages"][1]["cost"]
+    assert finetune["source"] == "estimate"
+    assert finetune["step_time_s"] == cfg["launch"]["step_time_estimate_s"] != 0.05
+    line = format_projection(proj)[1]
+    assert f"made under config {config_digest(demo_cfg)}" in line and "not used" in line
+    assert "0.05 s" not in line
+    assert ignored_measurement({**measured, "passed": False}, cfg) is None  # nothing measured
 
 
 # -- the workflow -----------------------------------------------------------------------------

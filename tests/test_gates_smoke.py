@@ -274,9 +274,16 @@ def test_cli_audit_then_smoke(
     wrong = copy.deepcopy(cfg)
     wrong["baseline"]["val_loss"] = float(np.float64(val_loss) * 3)
     dump_config(wrong, tmp_path / "config.yaml")
+    # The audit was made under the old config: refused, naming the report (the workflow reruns
+    # audit_checkpoint when its config changes; by hand, so does the user)
     assert main([*smoke, "--report", str(report), "--report-copy", str(copy_)]) == 1
     line = capsys.readouterr().out.splitlines()[0]
-    assert line.startswith("smoke_forward: FAIL - smoke_forward: validation loss")
+    assert line.startswith(f"smoke_forward: FAIL - the audit_checkpoint report {audit} was made")
+    assert line.endswith("rerun audit_checkpoint with this config")
+    assert main(["audit-checkpoint", *common, "--report", str(audit)]) == 0
+    assert main([*smoke, "--report", str(report), "--report-copy", str(copy_)]) == 1
+    fails = [ln for ln in capsys.readouterr().out.splitlines() if "smoke_forward: FAIL" in ln]
+    assert fails[0].startswith("smoke_forward: FAIL - smoke_forward: validation loss"), fails
     assert json.loads(copy_.read_text())["baseline_val_loss_source"] == "config baseline.val_loss"
 
     # A failed audit stops the smoke test.

@@ -1,8 +1,8 @@
 """Only one profile applies to a LUMI run: the settings Snakemake itself ends up with.
 
 ``snakemake.cli.parse_args`` is what the ``snakemake`` command runs first: it finds the profiles,
-prints which it uses and merges their keys. Run in the repository, where the demo's
-``profiles/default`` would be picked up as the workflow profile.
+prints which it uses and merges their keys. Run in the repository, whose Snakefile would have a
+``profiles/default`` merged into every run if there were one.
 """
 
 from __future__ import annotations
@@ -38,9 +38,10 @@ def _raw(resources: dict[str, Any]) -> dict[str, Any]:
 def test_the_lumi_profile_is_the_only_one_in_force(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    args, err = _settings(["--workflow-profile", "profiles/lumi", "-n"], monkeypatch, capsys)
-    assert "Using workflow specific profile profiles/lumi for setting" in err
-    assert "profiles/default" not in err
+    args, err = _settings(["--profile", "profiles/lumi", "-n"], monkeypatch, capsys)
+    assert "Using profile profiles/lumi for setting default command line arguments." in err
+    assert "workflow specific profile" not in err
+    assert not (REPO / "profiles/default").exists()
     with (REPO / "profiles/lumi/config.yaml").open() as fh:
         lumi = yaml.safe_load(fh)
     assert args.executor == "slurm"
@@ -67,35 +68,29 @@ def test_the_lumi_profile_is_the_only_one_in_force(
     assert all(mpi.split()[:2] == ["srun", "--label"] for mpi in ranked.values()), ranked
 
 
-def test_a_bare_snakemake_still_takes_the_demo_profile(
+def test_the_local_profile_runs_the_demo_on_this_machine(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    args, err = _settings([], monkeypatch, capsys)
-    assert "Using workflow specific profile profiles/default for setting" in err
+    args, err = _settings(["--profile", "profiles/local"], monkeypatch, capsys)
+    assert "workflow specific profile" not in err
     assert args.cores is not None and args.executor in (None, "local")
-
-
-def test_profile_plus_default_is_what_the_workflow_refuses(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """Why: with --profile the demo profile's keys are merged in too (here its `cores`)."""
-    args, err = _settings(["--profile", "profiles/lumi", "-n"], monkeypatch, capsys)
-    assert "and workflow specific profile profiles/default" in err
-    assert args.executor == "slurm" and args.cores is not None
+    assert args.configfile in (None, [], [Path("config.yaml")])  # the demo config
+    assert args.rerun_incomplete and args.show_failed_logs
 
 
 @pytest.mark.slow
-def test_snakemake_refuses_the_lumi_profile_merged_with_the_demo_one(tmp_path: Path) -> None:
+@pytest.mark.parametrize("flag", ["--profile", "--workflow-profile"])
+def test_snakemake_refuses_the_lumi_profile_merged_with_another(tmp_path: Path, flag: str) -> None:
     env = {k: v for k, v in os.environ.items() if k != "SNAKEMAKE_PROFILE"}
     proc = subprocess.run(
         [
             sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
-            "--profile", str(REPO / "profiles/lumi"),
+            "--profile", str(REPO / "profiles/lumi"), flag, str(REPO / "profiles/local"),
             "--configfile", str(REPO / "config/lumi.yaml"), "-n",
         ],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
-    assert "combined with the default workflow profile profiles/default" in out
-    assert "snakemake --workflow-profile profiles/lumi" in out
+    assert "the LUMI profile is combined with 1 other profile(s)" in out, out[-3000:]
+    assert "snakemake --profile profiles/lumi" in out

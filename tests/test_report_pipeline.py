@@ -23,7 +23,7 @@ import torch
 import yaml
 
 from aqnet.cli import main
-from aqnet.config import POLLUTANTS, dump_config, variant_config
+from aqnet.config import POLLUTANTS, config_digest, dump_config, load_resolved, variant_config
 from aqnet.report.attribution import VERDICTS
 from aqnet.report.build import OUTPUTS
 from aqnet.report.evaluate import evaluate, open_evaluation
@@ -207,16 +207,23 @@ def make_variant_folder(folder: Path, evaluation: Path | None, cfg: dict[str, An
         }
     ).to_csv(folder / "finetune" / "metrics.csv", index=False)
     (folder / "finetune" / "summary.json").write_text(json.dumps({"world_size": 1}))
+    dump_config(cfg, folder / "config.yaml")
+    made_under = {"config_digest": config_digest(load_resolved(folder / "config.yaml"))}
     (folder / "audit_checkpoint.json").write_text(
-        json.dumps({"verdict": "PASS", "load": {"loaded": ["a"], "missing": ["b"]}})
+        json.dumps({"verdict": "PASS", "load": {"loaded": ["a"], "missing": ["b"]}, **made_under})
     )
     (folder / "smoke_forward.json").write_text(
-        json.dumps({"verdict": "PASS", "val_loss": 1.24, "baseline_val_loss": 1.25})
+        json.dumps({"verdict": "PASS", "val_loss": 1.24, "baseline_val_loss": 1.25, **made_under})
     )
     (folder / "validate_short.json").write_text(
-        json.dumps({"verdict": "PASS", "projected_cost": {"gpu_hours": 0.002, "step_time_s": 0.2}})
+        json.dumps(
+            {
+                "verdict": "PASS",
+                "projected_cost": {"gpu_hours": 0.002, "step_time_s": 0.2},
+                **made_under,
+            }
+        )
     )
-    dump_config(cfg, folder / "config.yaml")
 
 
 @pytest.fixture(scope="module")
@@ -423,3 +430,28 @@ def test_render_problems_are_named():
     assert "figure a.png was not rendered" in text and "0x0 px" in text
     assert "HTML result summary.html was not shown" in text
     assert "screenshot is blank" in text
+
+
+def test_a_gate_report_of_another_config_is_refused(setup, tmp_path):
+    """A variant folder whose validate_short report was made under another config (copied from
+    another results folder, or left from an earlier batch size) is not reported on."""
+    from aqnet.report.inputs import GATES, check_gates_made_under
+
+    folder = tmp_path / "default"
+    make_variant_folder(folder, None, setup["cfg"])
+    paths = {"config": folder / "config.yaml", **{g: folder / f"{g}.json" for g in GATES}}
+    gates = {g: json.loads(paths[g].read_text()) if paths[g].is_file() else None for g in GATES}
+    check_gates_made_under("default", gates, paths)  # made under its own config: accepted
+
+    other = copy.deepcopy(setup["cfg"])
+    other["finetune"]["steps"] = int(other["finetune"]["steps"]) + 1
+    gates["validate_short"]["config_digest"] = config_digest(other)
+    with pytest.raises(ValueError) as err:
+        check_gates_made_under("default", gates, paths)
+    message = str(err.value)
+    assert "variant 'default'" in message and "validate_short.json was made under config" in message
+    assert config_digest(other) in message and "rerun validate_short" in message
+
+    del gates["validate_short"]["config_digest"]
+    with pytest.raises(ValueError, match="records no config digest"):
+        check_gates_made_under("default", gates, paths)

@@ -2,7 +2,7 @@
 the pipeline submitted through it to a real (localhost) Slurm.
 
 * ``test_lumi_profile_*`` need no Slurm: the profile and config files, and
-  ``snakemake --workflow-profile profiles/lumi -n -p`` with stand-ins for the data and the baseline.
+  ``snakemake --profile profiles/lumi -n -p`` with stand-ins for the data and the baseline.
 * ``test_rank_wrapper_*`` run ``profiles/lumi/rank.sh`` (bash) with a fake Slurm environment.
 * ``test_pipeline_on_localhost_slurm`` (marker ``slurm``) needs the mini-LUMI of ``.ci/slurm.sh``
   (``bash .ci/slurm.sh up`` as root) and is skipped with the reason when it is not up. It runs the
@@ -265,7 +265,7 @@ def _parse_dry_run(text: str) -> dict[str, dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def lumi_dry_run(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """The output of ``snakemake --workflow-profile profiles/lumi -n -p`` (run once here).
+    """The output of ``snakemake --profile profiles/lumi -n -p`` (run once here).
 
     The LUMI config's data files and baseline do not exist here, so an overlay config points them
     at empty stand-in files (a dry run only needs them to exist); everything else is LUMI's.
@@ -297,7 +297,7 @@ def lumi_dry_run(tmp_path_factory: pytest.TempPathFactory) -> str:
     cmd = [
         str(BIN / "snakemake"),
         "--snakefile", str(REPO / "Snakefile"),
-        "--workflow-profile", str(LUMI_PROFILE.parent),
+        "--profile", str(LUMI_PROFILE.parent),
         "--configfile", str(REPO / "config.yaml"), str(REFERENCE_CONFIG), str(LUMI_CONFIG),
         str(overlay),
         "-n", "-p",
@@ -646,7 +646,7 @@ def test_pipeline_on_localhost_slurm(
         str(BIN / "snakemake"),
         "--snakefile",
         str(REPO / "Snakefile"),
-        "--workflow-profile",
+        "--profile",
         str(profile_dir),
     ]
     env = _snakemake_env({"MIOPEN_USER_DB_PATH": str(tmp_path / "miopen")})

@@ -24,7 +24,7 @@ import torch
 
 import aqnet.train.loop as loop_module
 import aqnet.train.state as state_module
-from aqnet.config import dump_config, variant_config
+from aqnet.config import config_digest, dump_config, load_resolved, variant_config
 from aqnet.stage import StageFailure, WriteFailure, atomic_save, atomic_write_bytes, write_json
 from aqnet.train import run_training
 from aqnet.train.metrics import read_metrics
@@ -143,14 +143,44 @@ def test_the_cli_exits_with_the_watchdog_code_reading_validate_shorts_report(
     config = tmp_path / "config.yaml"
     dump_config(cfg, config)
     report = tmp_path / "validate_short.json"
-    write_json(report, {"measured_step_time_s": 1e-6})  # any real step is slower
+    made_under = {"config_digest": config_digest(load_resolved(config))}
+    write_json(report, {"measured_step_time_s": 1e-6, **made_under})  # any real step is slower
     args = ["train", "--stage", "baseline", "--config", str(config), "--cache", str(tiny_cache)]
     args += ["--out-dir", str(tmp_path / "out"), "--state-dir", str(tmp_path / "state")]
     for key in [k for k in os.environ if k.startswith(("SLURM_", "RANK", "WORLD_SIZE"))]:
         monkeypatch.delenv(key)
     assert main([*args, "--expected-step-time-from", str(report)]) == SLOW_EXIT_CODE
-    write_json(report, {"passed": False})
+    write_json(report, {"passed": False, **made_under})
     assert main([*args, "--expected-step-time-from", str(report)]) == 1
+
+
+def test_the_fine_tune_refuses_a_step_time_measured_under_another_config(
+    tiny_config: dict[str, Any],
+    tiny_cache: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from aqnet.cli import main
+
+    cfg = _config(tiny_config, steps=6)
+    config = tmp_path / "config.yaml"
+    dump_config(cfg, config)
+    other = copy.deepcopy(load_resolved(config))
+    other["finetune"]["batch_size"] = int(other["finetune"]["batch_size"]) * 2
+    report = tmp_path / "validate_short.json"
+    write_json(
+        report,
+        {"passed": True, "measured_step_time_s": 0.5, **{"config_digest": config_digest(other)}},
+    )
+    args = ["train", "--stage", "baseline", "--config", str(config), "--cache", str(tiny_cache)]
+    args += ["--out-dir", str(tmp_path / "out"), "--state-dir", str(tmp_path / "state")]
+    assert main([*args, "--expected-step-time-from", str(report)]) == 1
+    err = capsys.readouterr().err
+    assert (
+        f"{report}: the validate_short report was made under config {config_digest(other)}" in err
+    )
+    assert "its step time is not this run's; rerun validate_short" in err
+    assert not (tmp_path / "state").exists()  # refused before any training
 
 
 # --------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEFILE = REPO / "Snakefile"
+LOCAL_PROFILE = REPO / "profiles" / "local"
 
 SHARED_RULES = ("make_demo_data", "build_cache", "train_baseline", "verify_wind_order")
 VARIANT_RULES = (
@@ -72,9 +73,11 @@ def run_snakemake(
     """Run the workflow in ``workdir`` with ``configfile``; stdout and stderr merged."""
     bin_dir = str(Path(sys.executable).parent)
     env = {**os.environ, "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")])}
+    env.pop("SNAKEMAKE_PROFILE", None)
     cmd = [
         sys.executable, "-m", "snakemake",
         "--snakefile", str(SNAKEFILE),
+        "--profile", str(LOCAL_PROFILE),  # what `make demo` runs with
         "--directory", str(workdir),
         "--configfile", str(configfile),
         "--cores", "2",

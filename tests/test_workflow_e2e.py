@@ -228,3 +228,79 @@ def _started(output: str) -> str:
     """The part of a run's output after its job plan: the jobs that were started."""
     marker = "Select jobs to execute..."
     return output[output.index(marker) :] if marker in output else output
+
+
+def test_a_lumi_dry_run_where_the_demo_ran_plans_everything_and_quotes_none_of_it(
+    pipeline_copy: tuple[Path, Path],
+) -> None:
+    """Demo and LUMI results never mix: in the clone where the demo ran, the LUMI profile's dry
+    run plans the whole chain in its own folder (results_lumi) and projects from the estimate.
+    A validate_short report copied in from the demo is refused by its config digest."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    repo = Path(__file__).resolve().parents[1]
+    workdir, _ = pipeline_copy
+    demo_report = json.loads((workdir / "results/variants/default/validate_short.json").read_text())
+    demo_step = demo_report["measured_step_time_s"]
+    with (repo / "config/lumi.yaml").open() as fh:
+        lumi = yaml.safe_load(fh)
+    assert lumi["results_dir"] != "results"
+    stand = workdir / "stand_ins"
+    stand.mkdir()
+    files = {year: str(stand / f"aq_{year}.zarr") for year in lumi["data"]["files"]}
+    for path in [*files.values(), stand / "baseline.ckpt", stand / "wind_orders.npz"]:
+        Path(path).touch()  # a dry run only needs the inputs to exist
+    overlay = write_config(
+        workdir,
+        {
+            "data": {"files": files},
+            "baseline": {
+                "checkpoint": str(stand / "baseline.ckpt"),
+                "wind_orders": str(stand / "wind_orders.npz"),
+            },
+        },
+        "stand_ins.yaml",
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SNAKEMAKE_"))}
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    configs = [repo / "config.yaml", repo / "config/reference.yaml", repo / "config/lumi.yaml"]
+
+    def dry_run() -> str:
+        proc = subprocess.run(
+            [
+                sys.executable, "-m", "snakemake", "--snakefile", str(repo / "Snakefile"),
+                "--directory", str(workdir), "--profile", str(repo / "profiles/lumi"),
+                "--configfile", *map(str, configs), str(overlay), "-n",
+            ],
+            cwd=workdir, env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        out = proc.stdout + proc.stderr
+        assert proc.returncode == 0, out[-4000:]
+        return out
+
+    out = dry_run()
+    counts = job_counts(out)
+    n_runs = len(lumi["variants"]) + 1  # the variants and the control arm...
+    n_runs *= len(lumi["finetune"]["seeds"])  # ...each once per seed
+    for rule in ("build_cache", "verify_wind_order", "rehearse_report", "check_budget", "report"):
+        assert counts.get(rule) == 1, (rule, counts)
+    for rule in ("audit_checkpoint", "smoke_forward", "validate_short", "finetune", "evaluate"):
+        assert counts.get(rule) == n_runs, (rule, counts)
+    lines = [ln for ln in out.splitlines() if ln.startswith("aqnet: projected cost: finetune")]
+    assert len(lines) == n_runs
+    assert all("until validate_short runs" in ln for ln in lines), lines
+    assert "measured by validate_short" not in out
+    assert f"x {demo_step:.3g} s" not in out
+
+    # The demo's report put where LUMI's would be: made under another config, not quoted.
+    target = workdir / lumi["results_dir"] / "variants/default/validate_short.json"
+    target.parent.mkdir(parents=True)
+    target.write_text(json.dumps(demo_report))
+    out = dry_run()
+    line = next(ln for ln in out.splitlines() if re.search(r"finetune\s+default\s", ln))
+    assert f"made under config {demo_report['config_digest']}" in line, line
+    assert "not used" in line and f"x {demo_step:.3g} s" not in line

@@ -14,6 +14,8 @@ Usage::
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -293,6 +295,34 @@ def seed_groups(names: Sequence[str]) -> dict[str, list[str]]:
         key = base if sep and seed.isdigit() and base in names else name
         groups.setdefault(key, []).append(name)
     return groups
+
+
+def config_digest(config: Mapping[str, Any]) -> str:
+    """A short SHA-256 (16 hex digits) of ``config`` as canonical JSON (sorted keys).
+
+    The same for a resolved config before :func:`dump_config` and after :func:`load_resolved`,
+    so the workflow (which holds the first) and a stage (which reads the second) agree. The
+    gates of one variant store it in their report (``config_digest``); what reads a report back
+    uses it only under the same digest (:func:`report_config_mismatch`).
+    """
+    text = json.dumps(config, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def report_config_mismatch(
+    report: Mapping[str, Any], config: Mapping[str, Any], *, what: str
+) -> str | None:
+    """Why ``report`` (a gate report) was not made under ``config``, else ``None``.
+
+    A report without ``config_digest`` (written by hand, or by an older version) counts as made
+    under another config: its figures are not this config's.
+    """
+    stored = report.get("config_digest")
+    current = config_digest(config)
+    if stored == current:
+        return None
+    made = "records no config digest" if stored is None else f"was made under config {stored}"
+    return f"{what} {made}, not under this run's config {current}"
 
 
 def dump_config(config: Mapping[str, Any], path: str | Path) -> None:

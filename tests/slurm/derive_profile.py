@@ -22,7 +22,7 @@ status command stay exactly as on LUMI; the test reads them back from ``sacct``.
 Usage (to run the pipeline on the localhost Slurm by hand)::
 
     python tests/slurm/derive_profile.py --config my_small_config.yaml --out /tmp/profile
-    snakemake --workflow-profile /tmp/profile
+    snakemake --profile /tmp/profile
 """
 
 from __future__ import annotations

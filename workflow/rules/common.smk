@@ -14,7 +14,6 @@
   parsed (dry runs too); the budget refusal and the fine-tune's derived wall time.
 """
 
-import hashlib
 import json
 import os
 import sys
@@ -27,6 +26,7 @@ from snakemake.utils import update_config
 from aqnet.config import (
     ConfigError,
     coerce_overrides,
+    config_digest,
     validate_config,
     variant_config,
     with_control_arm,
@@ -37,6 +37,7 @@ from aqnet.train.cost import (
     check_budget,
     estimated_start_times,
     format_projection,
+    ignored_measurement,
     measured_from_report,
     run_projection,
     start_times_in_cache,
@@ -64,41 +65,38 @@ except ConfigError as exc:
     raise WorkflowError(f"invalid configuration: {exc}") from None
 
 
-def _profiles_merged() -> str | None:
-    """Why this run would merge a --profile with the default workflow profile, else None.
+def _profiles_with_lumi() -> str | None:
+    """Why the LUMI profile would be merged with another profile in this run, else None.
 
-    Snakemake reads ``profiles/default`` (the demo's local settings) as the workflow-specific
-    profile of every run not started with ``--workflow-profile``, and lets its keys override a
-    ``--profile``'s one by one (a ``default-resources`` there would drop LUMI's account). The LUMI
-    profile is therefore given as the workflow profile, which replaces the default one:
-    ``snakemake --workflow-profile profiles/lumi``. Only the main process reads profiles.
+    Snakemake merges the keys of every profile in force one by one (``--profile`` given twice,
+    ``$SNAKEMAKE_PROFILE``, a ``--workflow-profile``): a ``default-resources`` in another profile
+    would silently drop LUMI's account. The repository has no ``profiles/default`` (which
+    Snakemake would add to every run) for that reason; this refuses the explicit combinations.
+    Only the main process reads profiles.
     """
     if not workflow.is_main_process:
         return None
     argv = sys.argv[1:]
-    given = [a for a in argv if a == "--profile" or a.startswith("--profile=")]
-    own = [
-        a
-        for a in argv
-        if a == "--workflow-profile" or a.startswith("--workflow-profile=")
-    ]
-    if not (given or os.environ.get("SNAKEMAKE_PROFILE", "none") != "none") or own:
-        return None
-    defaults = [
-        Path("profiles/default"),
-        Path(workflow.basedir) / "profiles" / "default",
-    ]
-    if not any(d.exists() for d in defaults):
+    profiles = []
+    for i, arg in enumerate(argv):
+        for flag in ("--profile", "--workflow-profile"):
+            if arg == flag and i + 1 < len(argv):
+                profiles.append(argv[i + 1])
+            elif arg.startswith(f"{flag}="):
+                profiles.append(arg.split("=", 1)[1])
+    if not any(a == "--profile" or a.startswith("--profile=") for a in argv):
+        profiles.append(os.environ.get("SNAKEMAKE_PROFILE", "none"))
+    profiles = [p for p in profiles if p != "none"]
+    if len(profiles) < 2 or not any(Path(p).name == "lumi" for p in profiles):
         return None
     return (
-        "a --profile (or $SNAKEMAKE_PROFILE) is combined with the default workflow profile "
-        "profiles/default, whose keys would override it one by one: give the cluster profile as "
-        "the only one, `snakemake --workflow-profile profiles/lumi` (or add --workflow-profile "
-        "none)"
+        f"the LUMI profile is combined with {len(profiles) - 1} other profile(s) "
+        f"({', '.join(profiles)}), whose keys would override it one by one: run it as the only "
+        "one, `snakemake --profile profiles/lumi` (unset SNAKEMAKE_PROFILE)"
     )
 
 
-if (_merged := _profiles_merged()) is not None:
+if (_merged := _profiles_with_lumi()) is not None:
     raise WorkflowError(f"aqnet: {_merged}")
 
 # Without --sdm conda the rules' commands run in the environment Snakemake runs in; put its
@@ -288,10 +286,9 @@ def shared_config(scope: str) -> dict:
     return variant_config(validate_config(shared, source=f"{scope} config"), SHARED)
 
 
-def digest(obj) -> str:
-    """A short SHA-256 of ``obj`` as canonical JSON (a params value for the rerun trigger)."""
-    text = json.dumps(obj, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+# A short SHA-256 of a config (a params value for the rerun trigger, the resume-state folder):
+# the digest the gates store in their reports (aqnet.config.config_digest).
+digest = config_digest
 
 
 def _folder(files) -> str:
@@ -403,18 +400,22 @@ def train_start_times() -> tuple[int, str]:
 
 def cost_projection() -> dict:
     """Every GPU stage's projected GPU-hours (aqnet.train.cost.run_projection), measured by each
-    variant's validate_short where it has passed, else from launch.step_time_estimate_s.
+    variant's validate_short where it has passed under the variant's current config (its report's
+    config digest), else from launch.step_time_estimate_s, saying why.
     """
     start_times, source = train_start_times()
+    reports = {
+        v: _read_json(result(f"variants/{v}/validate_short.json")) for v in VARIANTS
+    }
     return run_projection(
         {v: resolved_config(v) for v in VARIANTS},
         start_times=start_times,
         start_times_source=source,
         measured={
-            v: measured_from_report(
-                _read_json(result(f"variants/{v}/validate_short.json"))
-            )
-            for v in VARIANTS
+            v: measured_from_report(reports[v], resolved_config(v)) for v in VARIANTS
+        },
+        notes={
+            v: ignored_measurement(reports[v], resolved_config(v)) for v in VARIANTS
         },
         max_gpu_hours=CFG["launch"]["max_gpu_hours"],
     )

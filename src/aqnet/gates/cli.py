@@ -131,8 +131,11 @@ def baseline_val_loss_of(cfg: dict[str, Any], audit_report: Path) -> tuple[float
     """The baseline's recorded val_loss: ``baseline.val_loss`` of the config, else the audit's.
 
     Raises:
-        StageFailure: the audit report is missing, unreadable, or records a failed audit.
+        StageFailure: the audit report is missing, unreadable, records a failed audit, or was
+            made under another config than ``cfg`` (its ``config_digest``).
     """
+    from aqnet.config import report_config_mismatch
+
     configured = cfg.get("baseline", {}).get("val_loss")
     try:
         audit = read_json(audit_report)
@@ -145,6 +148,11 @@ def baseline_val_loss_of(cfg: dict[str, Any], audit_report: Path) -> tuple[float
             f"the audit_checkpoint report {audit_report} records a failed audit: "
             f"{audit.get('reason', 'no reason recorded')}"
         )
+    mismatch = report_config_mismatch(
+        audit, cfg, what=f"the audit_checkpoint report {audit_report}"
+    )
+    if mismatch is not None:
+        raise StageFailure(f"{mismatch}: rerun audit_checkpoint with this config")
     if configured is not None:
         return float(configured), "config baseline.val_loss"
     value = audit.get("baseline_val_loss")

@@ -163,16 +163,45 @@ def load_variant(name: str, directory: str | Path) -> VariantResults:
     if paths["config"].is_file():
         with paths["config"].open() as fh:
             config = yaml.safe_load(fh)
+    gates = {gate: read_json_report(paths[gate]) for gate in GATES}
+    if config is not None:
+        check_gates_made_under(name, gates, paths)
     return VariantResults(
         name=name,
         directory=directory,
         evaluation=evaluation,
         metrics=metrics,
         summary=read_json_report(paths["summary"]),
-        gates={gate: read_json_report(paths[gate]) for gate in GATES},
+        gates=gates,
         config=config,
         files={k: str(v) for k, v in paths.items()},
     )
+
+
+def check_gates_made_under(
+    name: str, gates: Mapping[str, Mapping[str, Any] | None], paths: Mapping[str, Path]
+) -> None:
+    """Refuse a variant whose gate reports were not made under its resolved config.
+
+    Each gate of one variant stores the digest of the config it ran under
+    (``aqnet.config.config_digest``); a report copied from another run, another results folder
+    or an earlier config would put another run's figures (the projected cost, the starting
+    loss) into this one's report.
+
+    Raises:
+        ValueError: naming the variant, the report and both digests.
+    """
+    from aqnet.config import load_resolved, report_config_mismatch
+
+    config = load_resolved(paths["config"])
+    for gate, rep in gates.items():
+        if rep is None:
+            continue
+        mismatch = report_config_mismatch(rep, config, what=f"{paths[gate]}")
+        if mismatch is not None:
+            raise ValueError(
+                f"variant {name!r}: {mismatch} ({paths['config']}): rerun {gate} for this config"
+            )
 
 
 def parse_variant_dirs(specs: Sequence[str]) -> dict[str, Path]:

@@ -156,14 +156,21 @@ def _run_rank(name: str, rank: int, check: Callable[[dict[str, Any]], str]) -> i
     return 0
 
 
-def _expected_step_time(args: argparse.Namespace) -> float | None:
+def _expected_step_time(args: argparse.Namespace, cfg: Mapping[str, Any]) -> float | None:
+    """validate_short's measured step time (``--expected-step-time-from``), from a report made
+    under the same config as this run (its ``config_digest``); else a ValueError."""
     if args.expected_step_time_from is None:
         return None
+    from aqnet.config import report_config_mismatch
     from aqnet.stage import read_json
     from aqnet.train.watchdog import expected_step_time
 
     try:
-        return expected_step_time(read_json(args.expected_step_time_from))
+        report = read_json(args.expected_step_time_from)
+        mismatch = report_config_mismatch(report, cfg, what="the validate_short report")
+        if mismatch is not None:
+            raise ValueError(f"{mismatch}: its step time is not this run's; rerun validate_short")
+        return expected_step_time(report)
     except ValueError as exc:
         raise ValueError(f"{args.expected_step_time_from}: {exc}") from exc
 
@@ -171,7 +178,7 @@ def _expected_step_time(args: argparse.Namespace) -> float | None:
 def _training_check(args: argparse.Namespace, cfg: Mapping[str, Any], stage: str, expected: Any):
     from aqnet.train.loop import run_training
 
-    step_time_s = _expected_step_time(args)
+    step_time_s = _expected_step_time(args, cfg)
 
     def check(report: dict[str, Any]) -> str:
         result = run_training(

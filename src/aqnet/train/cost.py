@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from aqnet.config import report_config_mismatch
 from aqnet.stage import StageFailure
 from aqnet.train.metrics import read_metrics
 
@@ -33,6 +34,7 @@ __all__ = [
     "estimated_start_times",
     "finetune_projection",
     "format_projection",
+    "ignored_measurement",
     "measured_from_report",
     "measured_times",
     "project_cost",
@@ -274,14 +276,23 @@ class BudgetExceeded(StageFailure):
     """The projected GPU-hours exceed ``launch.max_gpu_hours``."""
 
 
-def measured_from_report(report: Mapping[str, Any] | None) -> dict[str, float] | None:
+def measured_from_report(
+    report: Mapping[str, Any] | None, config: Mapping[str, Any] | None = None
+) -> dict[str, float] | None:
     """The step and validation times a passed ``validate_short`` report measured, if any.
 
+    Args:
+        report: validate_short's report, or ``None`` before it ran.
+        config: the variant's resolved config; when given, a report made under another config
+            (:func:`aqnet.config.report_config_mismatch`) is not used.
+
     Returns:
-        ``{"step_time_s", "val_time_s", "world_size"}`` or ``None`` (no report, a failed one, or
-        one without finite times).
+        ``{"step_time_s", "val_time_s", "world_size"}`` or ``None`` (no report, a failed one, one
+        without finite times, or one made under another config).
     """
     if not report or not report.get("passed"):
+        return None
+    if config is not None and ignored_measurement(report, config) is not None:
         return None
     step = report.get("measured_step_time_s")
     val = report.get("measured_val_time_s", 0.0)
@@ -289,6 +300,18 @@ def measured_from_report(report: Mapping[str, Any] | None) -> dict[str, float] |
     if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in (step, val, world)):
         return None
     return {"step_time_s": float(step), "val_time_s": float(val), "world_size": float(world)}
+
+
+def ignored_measurement(report: Mapping[str, Any] | None, config: Mapping[str, Any]) -> str | None:
+    """Why a passed validate_short report's measurement is not used for ``config``, else None.
+
+    A measurement made under another config (another results folder's, an earlier batch size or
+    node count) is not this run's step time: the projection falls back to the estimate and says
+    so, rather than quoting it.
+    """
+    if not report or not report.get("passed"):
+        return None
+    return report_config_mismatch(report, config, what="validate_short's measurement")
 
 
 def finetune_projection(
@@ -366,6 +389,7 @@ def run_projection(
     start_times_source: str,
     measured: Mapping[str, Mapping[str, float] | None],
     max_gpu_hours: float | None,
+    notes: Mapping[str, str | None] | None = None,
 ) -> dict[str, Any]:
     """Every GPU stage of a run, its GPU-hours, their total and the budget.
 
@@ -375,6 +399,8 @@ def run_projection(
         start_times_source: where ``start_times`` came from (``"cache"`` or ``"estimate"``).
         measured: ``{variant: validate_short's times or None}``.
         max_gpu_hours: ``launch.max_gpu_hours`` (``None``: no budget).
+        notes: ``{variant: why its measurement is not used}`` (:func:`ignored_measurement`),
+            shown beside the estimate.
 
     Returns:
         ``{"stages": [{"stage", "variant", "gpu_hours", "cost"}], "total_gpu_hours",
@@ -392,6 +418,8 @@ def run_projection(
             }
         )
         full = finetune_projection(cfg, start_times=start_times, measured=measured.get(variant))
+        if full["source"] == "estimate" and (notes or {}).get(variant):
+            full["note"] = notes[variant]
         stages.append(
             {"stage": "finetune", "variant": variant, "gpu_hours": full["gpu_hours"], "cost": full}
         )
@@ -422,11 +450,12 @@ def format_projection(projection: Mapping[str, Any]) -> list[str]:
                 f"wall time requested {req['minutes']} min"
                 + (f" (capped at the partition's {req['limit_min']} min)" if req["capped"] else "")
             )
-        text += (
-            " [step time measured by validate_short]"
-            if c["source"] == "measured"
-            else " [step time estimated: launch.step_time_estimate_s, until validate_short runs]"
-        )
+        if c["source"] == "measured":
+            text += " [step time measured by validate_short]"
+        elif c.get("note"):
+            text += f" [step time estimated: launch.step_time_estimate_s; {c['note']}: not used]"
+        else:
+            text += " [step time estimated: launch.step_time_estimate_s, until validate_short runs]"
         lines.append(text)
     budget = projection["max_gpu_hours"]
     lines.append(
@@ -488,7 +517,8 @@ def budget_gate(
         variant_cfgs,
         start_times=start_times_in_cache(meta),
         start_times_source="counted in the cache",
-        measured={v: measured_from_report(reports.get(v)) for v in variant_cfgs},
+        measured={v: measured_from_report(reports.get(v), cfg) for v, cfg in variant_cfgs.items()},
+        notes={v: ignored_measurement(reports.get(v), cfg) for v, cfg in variant_cfgs.items()},
         max_gpu_hours=first["launch"]["max_gpu_hours"],
     )
     report.update(projection=projection, lines=format_projection(projection))
