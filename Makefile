@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint report clean
+.PHONY: demo test test-fast lint report clean
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ demo: $(BIN)/.installed
 
 test: $(BIN)/.installed
 	$(BIN)/pytest
+
+# Everything but the `slow` tests (Snakemake runs, localhost Slurm, multi-process DDP, the browser).
+test-fast: $(BIN)/.installed
+	$(BIN)/pytest -m "not slow"
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .

@@ -19,7 +19,7 @@ Each rule is a thin wrapper over an ``aqnet`` subcommand (``aqnet --help``); eac
 report is an input of the next stage, so a failed gate stops everything downstream.
 """
 
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
 
 min_version("9.0")
 
@@ -30,15 +30,10 @@ report: "workflow/report/workflow.rst"
 configfile: "config.yaml"
 
 
-# common.smk validates the config with aqnet.config.validate_config (a misspelt key stops the run
-# with its name and the allowed keys; each variant's overrides are checked too) and fills defaults.
+# common.smk validates the config once, with aqnet.config.validate_config against the package's
+# schema (a misspelt key stops the run with its name and the allowed keys; each variant's
+# overrides are checked too), and fills defaults.
 include: "workflow/rules/common.smk"
-
-
-# The same JSON schema (workflow/schemas/ links to the package's copy), through Snakemake.
-validate(config, "workflow/schemas/config.schema.yaml")
-
-
 include: "workflow/rules/config.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/baseline.smk"

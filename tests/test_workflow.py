@@ -12,6 +12,7 @@ in these runs: Snakemake looks it up in the working directory.
 from __future__ import annotations
 
 import copy
+import json
 import os
 import re
 import subprocess
@@ -302,11 +303,14 @@ def test_projected_cost_printed_from_config_then_from_validate_short(
     assert "step time estimated: launch.step_time_estimate_s" in result.stdout
     assert re.search(r"projected cost: total +16\.02 GPU-h", result.stdout), result.stdout
 
-    report = tmp_path / "results/variants/blocks01/validate_short.json"
-    report.parent.mkdir(parents=True)
-    report.write_text(
-        '{"passed": true, "measured_step_time_s": 2.5, "measured_val_time_s": 0.0, "world_size": 1}'
-    )
+    # validate_short's report, made under blocks01's resolved config (its digest)
+    resolved = tmp_path / "results/variants/blocks01/config.yaml"
+    assert run_snakemake(tmp_path, cfg_path, str(resolved.relative_to(tmp_path))).returncode == 0
+    from aqnet.config import config_digest, load_resolved
+
+    measured = {"passed": True, "measured_step_time_s": 2.5, "measured_val_time_s": 0.0}
+    measured |= {"world_size": 1, "config_digest": config_digest(load_resolved(resolved))}
+    (resolved.parent / "validate_short.json").write_text(json.dumps(measured))
     result = run_snakemake(tmp_path, cfg_path, "--dry-run")
     assert result.returncode == 0, result.stdout
     # 720 x 2.5 s = 0.5 h on 2 nodes: 4 GPU-hours

@@ -212,6 +212,9 @@ def run_stage(
     print(f"{name}: {report['verdict']} - {reason}", flush=True)
     for path in paths:
         print(f"{name}: report written to {path}", flush=True)
+    if not passed and len(paths) > 1:
+        # Snakemake removes a failed job's declared output (the first path); the copy stays.
+        print(f"{name} failed: report kept at {paths[-1]}", flush=True)
     return 0 if passed else 1
 
 

@@ -1,301 +1,87 @@
-"""Helpers shared by the rules (functions only, so ``snakemake --lint`` stays clean).
+"""Config loading, wildcard constraints, and the input and params functions of the rules.
 
-* ``CFG``: the validated config with defaults filled (``aqnet.config.validate_config``);
-  ``VARIANTS``: the ablation variants, each its own chain under ``results/variants/<name>/``,
-  the control arm ``report.control`` among them (``aqnet.config.with_control_arm``) and one run
-  per seed of ``finetune.seeds`` (``aqnet.config.with_seeds``).
-* ``result(path)``: a path under ``results_dir``.
-* ``resolved_config(variant)`` / ``shared_config(scope)``: what the rules ``resolve_config`` and
-  ``resolve_shared_config`` write; each stage reads one of them (a plain input), so a stage
-  reruns when its config changes, and only then.
-* ``launcher`` / ``world_size``: the command prefix of every stage (ranks, container), and the
-  number of ranks a multi-rank rule starts.
-* The projected GPU-hours of every GPU stage (aqnet.train.cost), printed when the workflow is
-  parsed (dry runs too); the budget refusal and the fine-tune's derived wall time.
+The logic lives in the package (``aqnet.plan``, unit-tested without Snakemake); these wrappers
+only adapt it to Snakemake's signatures and turn its errors into one-line ``WorkflowError``s.
+
+* ``CFG``: the config, validated once with defaults filled (``aqnet.config.validate_config``),
+  with the control arm ``report.control`` and one run per seed of ``finetune.seeds``;
+  ``VARIANTS``: its variants, each a chain under ``results/variants/<name>/``.
+* ``PLAN``: ``aqnet.plan.Plan`` of ``CFG``: paths, resolved configs, projected cost.
 """
 
-import json
 import os
 import sys
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
-
 from snakemake.utils import update_config
 
-from aqnet.config import (
-    ConfigError,
-    coerce_overrides,
-    config_digest,
-    validate_config,
-    variant_config,
-    with_control_arm,
-    with_seeds,
-)
-from aqnet.train.cost import (
-    BudgetExceeded,
-    check_budget,
-    estimated_start_times,
-    format_projection,
-    ignored_measurement,
-    measured_from_report,
-    run_projection,
-    start_times_in_cache,
-)
+from aqnet import plan as _plan
+from aqnet.config import ConfigError, coerce_overrides, validate_config
+from aqnet.config import with_control_arm, with_seeds
+from aqnet.train.cost import BudgetExceeded, check_budget, format_projection
 
-
-def _config_source() -> str:
-    """Where the config came from, for error messages: its files and any --config overrides."""
-    source = " + ".join(str(f) for f in workflow.configfiles) or "config"
-    if workflow.config_settings.overwrite_config:
-        source += " + --config"
-    return source
-
-
+_source = " + ".join(str(f) for f in workflow.configfiles) or "config"
+if workflow.config_settings.overwrite_config:
+    _source += " + --config"
 try:
-    # --config values arrive as strings below the top level (finetune='{steps: 5}'): give each
-    # its schema type before either validation sees it (the Snakefile's validate() reads `config`).
+    # --config values arrive as strings below the top level (finetune='{steps: 5}'): each gets
+    # its schema type before validation.
     if workflow.config_settings.config:
         update_config(config, coerce_overrides(workflow.config_settings.config))
-    # report.control (no_elevation_bias by default) joins the variants: the control arm; then
-    # one run per fine-tune seed of finetune.seeds (<variant>-seed<s>)
-    CFG = with_seeds(with_control_arm(validate_config(config, source=_config_source())))
+    CFG = with_seeds(with_control_arm(validate_config(config, source=_source)))
 except ConfigError as exc:
-    # One readable line naming the key (no traceback into the package).
     raise WorkflowError(f"invalid configuration: {exc}") from None
 
+if workflow.is_main_process:  # only the main process reads profiles
+    if (_why := _plan.profiles_with_lumi(sys.argv[1:], os.environ)) is not None:
+        raise WorkflowError(f"aqnet: {_why}")
+    _plan.put_first_on_path(Path(sys.executable).parent)  # `aqnet` of this installation
 
-def _profiles_with_lumi() -> str | None:
-    """Why the LUMI profile would be merged with another profile in this run, else None.
-
-    Snakemake merges the keys of every profile in force one by one (``--profile`` given twice,
-    ``$SNAKEMAKE_PROFILE``, a ``--workflow-profile``): a ``default-resources`` in another profile
-    would silently drop LUMI's account. The repository has no ``profiles/default`` (which
-    Snakemake would add to every run) for that reason; this refuses the explicit combinations.
-    Only the main process reads profiles.
-    """
-    if not workflow.is_main_process:
-        return None
-    argv = sys.argv[1:]
-    profiles = []
-    for i, arg in enumerate(argv):
-        for flag in ("--profile", "--workflow-profile"):
-            if arg == flag and i + 1 < len(argv):
-                profiles.append(argv[i + 1])
-            elif arg.startswith(f"{flag}="):
-                profiles.append(arg.split("=", 1)[1])
-    if not any(a == "--profile" or a.startswith("--profile=") for a in argv):
-        profiles.append(os.environ.get("SNAKEMAKE_PROFILE", "none"))
-    profiles = [p for p in profiles if p != "none"]
-    if len(profiles) < 2 or not any(Path(p).name == "lumi" for p in profiles):
-        return None
-    return (
-        f"the LUMI profile is combined with {len(profiles) - 1} other profile(s) "
-        f"({', '.join(profiles)}), whose keys would override it one by one: run it as the only "
-        "one, `snakemake --profile profiles/lumi` (unset SNAKEMAKE_PROFILE)"
-    )
-
-
-if (_merged := _profiles_with_lumi()) is not None:
-    raise WorkflowError(f"aqnet: {_merged}")
-
-# Without --sdm conda the rules' commands run in the environment Snakemake runs in; put its
-# scripts folder first on PATH so `aqnet` resolves to the same installation even when that
-# environment is not activated (e.g. `.venv/bin/snakemake`). A conda env's own bin comes first.
-_BIN = str(Path(sys.executable).parent)
-if _BIN not in os.environ.get("PATH", "").split(os.pathsep):
-    os.environ.update(PATH=os.pathsep.join([_BIN, os.environ.get("PATH", "")]))
-
-RESULTS = str(Path(CFG["results_dir"]))
-VARIANTS = list(CFG["variants"])
+PLAN = _plan.Plan(CFG)
+VARIANTS = PLAN.variants
+SHARED = _plan.SHARED
 ENV = "../../envs/aqnet.yaml"
-SHARED = "shared"  # pseudo-variant name of the resolved config the shared stages read
-
-# The configs of the variant-independent stages keep only the keys those stages depend on (the
-# rest stay at their defaults), so that e.g. a new baseline.checkpoint or finetune setting does not
-# rebuild the cache, and a finetune setting does not retrain the baseline.
-SHARED_SCOPES = {
-    # make_demo_data, build_cache (the wind orders need the patch and region sizes)
-    "data": (
-        "results_dir",
-        "data",
-        "grid",
-        "lead_times_h",
-        "model.preset",
-        "model.patch_size",
-        "model.region_patches",
-    ),
-    # train_baseline (its recorded val_loss is over the validation subset the gates evaluate)
-    "baseline": (
-        "results_dir",
-        "data",
-        "grid",
-        "lead_times_h",
-        "model",
-        "baseline.train",
-        "validation",
-    ),
-    # verify_wind_order (in wind_scan reference mode it recomputes the validation samples' orders)
-    "wind_order": (
-        "results_dir",
-        "data",
-        "grid",
-        "lead_times_h",
-        "model",
-        "validation",
-    ),
-    # report (everything but the variants: it is given their folders)
-    "report": (
-        "results_dir",
-        "data",
-        "grid",
-        "lead_times_h",
-        "model",
-        "baseline",
-        "validation",
-        "gates",
-        "launch",
-        "finetune",
-        "report",
-    ),
-}
 
 
 wildcard_constraints:
     variant="|".join(VARIANTS),
-    scope="|".join(SHARED_SCOPES),
+    scope="|".join(_plan.SHARED_SCOPES),
     year=r"\d{4}",
 
 
-def result(path: str) -> str:
-    """``path`` under the configured results folder."""
-    return f"{RESULTS}/{path}"
+def _planned(method, *args):
+    """``method(*args)`` of PLAN, with a PlanError as Snakemake's one-line error."""
+    try:
+        return method(*args)
+    except _plan.PlanError as exc:
+        raise WorkflowError(str(exc)) from None
 
 
-# ---------------------------------------------------------------------------------------------
-# Input data
-
-
-def split_years() -> list[int]:
-    """Every year of the train/val/test split, sorted."""
-    split = CFG["data"]["split"]
-    return sorted({*split["train"], *split["val"], *split["test"]})
-
-
-def demo_files() -> list[str]:
-    """The demo files make_demo_data writes (one per ``data.demo.years``)."""
-    return [result(f"demo_data/demo_{y}.nc") for y in CFG["data"]["demo"]["years"]]
+result = PLAN.result
+digest = _plan.digest
+resolved_config = PLAN.resolved_config
+shared_config = PLAN.shared_config
+baseline_checkpoint = PLAN.baseline_checkpoint
+demo_files = PLAN.demo_files
 
 
 def input_files() -> list[str]:
-    """The yearly input files build_cache reads: the split's years, demo or user-given."""
-    years = split_years()
-    if CFG["data"]["source"] == "demo":
-        missing = sorted(set(years) - set(CFG["data"]["demo"]["years"]))
-        if missing:
-            raise WorkflowError(
-                f"data.split uses years {missing} that data.demo.years "
-                f"{CFG['data']['demo']['years']} does not generate"
-            )
-        return [result(f"demo_data/demo_{y}.nc") for y in years]
-    files = {str(year): path for year, path in CFG["data"]["files"].items()}
-    missing = [y for y in years if str(y) not in files]
-    if missing:
-        raise WorkflowError(
-            f"data.files has no file for the split's years {missing} (it lists {sorted(files)})"
-        )
-    return [files[str(y)] for y in years]
-
-
-# ---------------------------------------------------------------------------------------------
-# The baseline: given by the config, or trained by train_baseline
-
-
-def baseline_checkpoint() -> str:
-    """``baseline.checkpoint``, or train_baseline's output when it is null."""
-    return CFG["baseline"]["checkpoint"] or result("baseline/baseline.ckpt")
-
-
-def reference_orders() -> str:
-    """The wind orders the baseline was trained with (verify_wind_order's reference).
-
-    ``baseline.wind_orders`` when set; else train_baseline's output; for a given checkpoint
-    without ``wind_orders``, the ``wind_orders.npz`` saved next to it.
-    """
-    base = CFG["baseline"]
-    if base["wind_orders"]:
-        return base["wind_orders"]
-    if not base["checkpoint"]:
-        return result("baseline/wind_orders.npz")
-    beside = Path(base["checkpoint"]).with_name("wind_orders.npz")
-    if not beside.exists():
-        raise WorkflowError(
-            f"baseline.checkpoint is {base['checkpoint']} but baseline.wind_orders is null and "
-            f"there is no {beside}: set baseline.wind_orders to the scan orders the baseline was "
-            "trained with"
-        )
-    return str(beside)
-
-
-# ---------------------------------------------------------------------------------------------
-# Resolved configs (what each stage reads with aqnet.config.load_resolved)
-
-
-def resolved_config(variant: str) -> dict:
-    """The config one variant's stages read: its overrides merged, key ``variant`` set.
-
-    Only this variant's entry is kept under ``variants``, so adding or changing another variant
-    leaves the file unchanged.
-    """
-    resolved = variant_config(CFG, variant)
-    resolved["variants"] = {variant: CFG["variants"][variant]}
-    return resolved
+    return _planned(PLAN.input_files)
 
 
 def mask_files() -> list[str]:
-    """The file build_cache reads the loss mask from, when it is not the data's own."""
-    mask = CFG["data"]["mask"]
-    if mask["source"] == "file":
-        if not mask["file"]:
-            raise WorkflowError("data.mask.source is 'file' but data.mask.file is null")
-        return [mask["file"]]
-    if mask["source"] == "checkpoint":
-        if not CFG["baseline"]["checkpoint"]:
-            raise WorkflowError(
-                "data.mask.source is 'checkpoint' but baseline.checkpoint is null: the mask of a "
-                "baseline trained here would need the cache it is trained on"
-            )
-        return [CFG["baseline"]["checkpoint"]]
-    return []
+    return _planned(PLAN.mask_files)
 
 
-def shared_config(scope: str) -> dict:
-    """The config of the variant-independent stages of ``scope`` (a key of SHARED_SCOPES)."""
-    shared: dict = {}
-    dotted_keys = SHARED_SCOPES[scope]
-    if scope == "data" and CFG["data"]["mask"]["source"] == "checkpoint":
-        dotted_keys += ("baseline.checkpoint",)  # the china_mask buffer is read from it
-    for dotted in dotted_keys:
-        *parents, key = dotted.split(".")
-        source, target = CFG, shared
-        for part in parents:
-            source, target = source[part], target.setdefault(part, {})
-        if key in source:
-            target[key] = source[key]
-    shared["variants"] = {SHARED: {}}
-    return variant_config(validate_config(shared, source=f"{scope} config"), SHARED)
-
-
-# A short SHA-256 of a config (a params value for the rerun trigger, the resume-state folder):
-# the digest the gates store in their reports (aqnet.config.config_digest).
-digest = config_digest
+def reference_orders() -> str:
+    return _planned(PLAN.reference_orders)
 
 
 def _folder(files) -> str:
     """The folder of a file, or of a list of files that share one."""
-    folders = {
-        str(Path(f).parent) for f in ([files] if isinstance(files, str) else files)
-    }
+    listed = [files] if isinstance(files, str) else files
+    folders = {str(Path(f).parent) for f in listed}
     if len(folders) != 1:
         raise WorkflowError(f"expected files in one folder, got {sorted(folders)}")
     return folders.pop()
@@ -312,138 +98,30 @@ def input_dir(name: str):
 
 
 def state_dir(stage: str):
-    """A params function: the resume-state folder of a training stage, one per config.
-
-    ``results/state/<variant>/<stage>/<digest>`` (``results/state/baseline/<digest>``): a stage
-    interrupted and started again with the same config resumes from its ``last.pt``; a stage
-    rerun because its config changed starts afresh instead of meeting a state the training
-    refuses (written by a different run). Not a declared output, so Snakemake never deletes it.
-    """
-
-    def _state_dir(wildcards) -> str:
-        variant = getattr(wildcards, "variant", None)
-        if variant is None:
-            return result(f"state/{stage}/{digest(shared_config(stage))}")
-        return result(f"state/{variant}/{stage}/{digest(resolved_config(variant))}")
-
-    return _state_dir
+    """A params function: the resume-state folder of a training stage (Plan.state_dir)."""
+    return lambda wildcards: PLAN.state_dir(stage, getattr(wildcards, "variant", None))
 
 
-# ---------------------------------------------------------------------------------------------
-# Multi-rank launch
+def record_slurm_job(stage: str):
+    """A params function: the shell prefix recording the Slurm job id (Plan.slurm_job_record)."""
+    return lambda wildcards: PLAN.slurm_job_record(stage, wildcards.variant)
 
 
 def launcher(wildcards, threads, resources) -> str:
-    """The command prefix of every stage: ``{params.launcher}aqnet ...``.
-
-    Empty locally. On a cluster it is, in this order:
-
-    * for the multi-rank stages, when the profile sets ``mpi`` (LUMI, ``srun ...``) with
-      ``nodes`` and ``tasks_per_node``: ``<mpi> --nodes=N --ntasks-per-node=T
-      --cpus-per-task=C --kill-on-bad-exit=1``. The task geometry is passed explicitly because
-      the Slurm executor plugin clears ``SLURM_*`` inside the job, so a bare ``srun`` would start
-      one rank per node; ``C`` is ``cpus_per_task`` or the rule's threads;
-    * ``resources.rank_wrapper`` when the profile sets one (LUMI: the container and the per-rank
-      environment, ``profiles/lumi/rank.sh``), so that it runs once per rank.
-    """
-    parts = []
-    mpi = resources.get("mpi")
-    if mpi:
-        nodes = int(resources.get("nodes") or 1)
-        tasks = int(resources.get("tasks_per_node") or 1)
-        cpus = int(resources.get("cpus_per_task") or threads)
-        parts.append(
-            f"{mpi} --nodes={nodes} --ntasks-per-node={tasks} --cpus-per-task={cpus} "
-            "--kill-on-bad-exit=1"
-        )
-    wrapper = resources.get("rank_wrapper")
-    if wrapper:
-        parts.append(str(wrapper))
-    return "".join(f"{part} " for part in parts)  # each followed by a space
+    """A params function: the command prefix of every stage (aqnet.plan.launcher)."""
+    return _plan.launcher(threads, resources)
 
 
 def world_size(wildcards, resources) -> int:
-    """Ranks the launcher starts: nodes x tasks_per_node under ``mpi``, else 1.
-
-    Passed to the training as ``--world-size``: it refuses to start with any other number.
-    """
-    if not resources.get("mpi"):
-        return 1
-    return int(resources.get("nodes") or 1) * int(resources.get("tasks_per_node") or 1)
-
-
-# ---------------------------------------------------------------------------------------------
-# Projected cost, budget and wall time (computed by aqnet.train.cost, the one place)
-
-
-def _read_json(path: str):
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def train_start_times() -> tuple[int, str]:
-    """Forecast start times of the training split: counted in the cache once it is built, else
-    estimated from the config (hourly data); and which of the two."""
-    meta = _read_json(result("cache/meta.json"))
-    if meta is not None:
-        try:
-            return start_times_in_cache(meta), "counted in the cache"
-        except (KeyError, TypeError, ValueError):
-            pass
-    return (
-        estimated_start_times(CFG),
-        "estimated from the config until build_cache counts them",
-    )
-
-
-def cost_projection() -> dict:
-    """Every GPU stage's projected GPU-hours (aqnet.train.cost.run_projection), measured by each
-    variant's validate_short where it has passed under the variant's current config (its report's
-    config digest), else from launch.step_time_estimate_s, saying why.
-    """
-    start_times, source = train_start_times()
-    reports = {
-        v: _read_json(result(f"variants/{v}/validate_short.json")) for v in VARIANTS
-    }
-    return run_projection(
-        {v: resolved_config(v) for v in VARIANTS},
-        start_times=start_times,
-        start_times_source=source,
-        measured={
-            v: measured_from_report(reports[v], resolved_config(v)) for v in VARIANTS
-        },
-        notes={
-            v: ignored_measurement(reports[v], resolved_config(v)) for v in VARIANTS
-        },
-        max_gpu_hours=CFG["launch"]["max_gpu_hours"],
-    )
+    """A params function: the ranks the launcher starts (aqnet.plan.world_size)."""
+    return _plan.world_size(resources)
 
 
 def finetune_runtime(wildcards) -> int:
-    """The fine-tune's requested wall time in minutes: projected time x launch.walltime_margin +
-    launch.walltime_startup_min, capped by launch.partition_time_limit_min. Evaluated again
+    """The fine-tune's requested wall time in minutes (Plan.finetune_minutes), evaluated again
     when the job becomes ready, so validate_short's measurement of the same run is used.
     """
-    for stage in cost_projection()["stages"]:
-        if stage["stage"] == "finetune" and stage["variant"] == wildcards.variant:
-            return int(stage["cost"]["request"]["minutes"])
-    raise WorkflowError(f"no fine-tune projection for variant {wildcards.variant}")
-
-
-# Rules after which nothing is fine-tuned: `--until` one of them measures without the budget.
-_BEFORE_FINETUNE = {
-    "resolve_config",
-    "resolve_shared_config",
-    "make_demo_data",
-    "build_cache",
-    "train_baseline",
-    "verify_wind_order",
-    "audit_checkpoint",
-    "smoke_forward",
-    "validate_short",
-}
+    return _planned(PLAN.finetune_minutes, wildcards.variant)
 
 
 def budget_refusal(wildcards) -> list:
@@ -451,58 +129,21 @@ def budget_refusal(wildcards) -> list:
     included, when the projection exceeds launch.max_gpu_hours. Not applied with
     `--until <a stage before the fine-tune>`, which measures the step time first."""
     until = set(workflow.dag_settings.until)
-    if until and until <= _BEFORE_FINETUNE:
-        return []
-    try:
-        check_budget(cost_projection())
-    except BudgetExceeded as exc:
-        raise WorkflowError(str(exc)) from None
+    if not (until and until <= _plan.BEFORE_FINETUNE):
+        try:
+            check_budget(PLAN.cost_projection())
+        except BudgetExceeded as exc:
+            raise WorkflowError(str(exc)) from None
     return []
 
 
-def record_slurm_job(stage: str):
-    """A params function: a shell prefix that records the Slurm job id in
-    ``benchmarks/<stage>/<variant>.slurm_jobs``, from which the report reads the GPU-hours used
-    (aqnet.report.usage). A run that starts afresh (validate_short always; the fine-tune without
-    a resume state) starts the file anew; a resumed or requeued fine-tune adds its allocation.
-    Nothing outside Slurm."""
+_limit = workflow.global_resources.get("gpu_nodes")
+if (_why := PLAN.gpu_nodes_refusal(getattr(_limit, "value", _limit))) is not None:
+    raise WorkflowError(_why)
 
-    def _record(wildcards) -> str:
-        path = result(f"benchmarks/{stage}/{wildcards.variant}.slurm_jobs")
-        fresh = "true"
-        if stage == "finetune":
-            fresh = f"[ ! -e {state_dir(stage)(wildcards)}/last.pt ]"
-        return (
-            f'if [ -n "${{SLURM_JOB_ID:-}}" ]; then mkdir -p {Path(path).parent};'
-            f" if {fresh}; then : > {path}; fi;"
-            f' echo "$SLURM_JOB_ID" >> {path}; fi; '
-        )
-
-    return _record
-
-
-def check_gpu_nodes() -> None:
-    """A fine-tune larger than the global `gpu_nodes` resource would be scaled down by Snakemake's
-    scheduler while Slurm still gets launch.nodes: refuse it instead."""
-    limit = workflow.global_resources.get("gpu_nodes")
-    value = getattr(limit, "value", limit)
-    if isinstance(value, int) and CFG["launch"]["nodes"] > value:
-        raise WorkflowError(
-            f"launch.nodes {CFG['launch']['nodes']} exceeds the GPU nodes allowed in flight "
-            f"(--resources gpu_nodes={value}): no fine-tune could ever start"
-        )
-
-
-def print_projected_cost() -> None:
-    """Print every GPU stage's projected GPU-hours and their total (main process only)."""
-    if not workflow.is_main_process:
-        return
-    for line in format_projection(cost_projection()):
-        print(f"aqnet: projected cost: {line}", file=sys.stderr)
-
-
-# Printed while the workflow is parsed rather than from `onstart:`: Snakemake 9 does not run
-# `onstart` on a dry run (workflow.execute skips it when dryrun is set), and `snakemake -n` is
-# where the projection matters most. The figures themselves come from aqnet.train.cost.
-check_gpu_nodes()
-print_projected_cost()
+# The projected GPU-hours of every GPU stage, printed while the workflow is parsed rather than
+# from `onstart:`: Snakemake 9 does not run `onstart` on a dry run (workflow.execute skips it
+# when dryrun is set), and `snakemake -n` is where the projection matters most.
+if workflow.is_main_process:
+    for _line in format_projection(PLAN.cost_projection()):
+        print(f"aqnet: projected cost: {_line}", file=sys.stderr)

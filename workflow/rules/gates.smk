@@ -27,9 +27,6 @@ rule verify_wind_order:
         "{params.launcher}aqnet verify-wind-order --cache {params.cache_dir}"
         " --reference {input.reference} --config {input.config}"
         " --report {output.report} --report-copy {log.report} > {log.log} 2>&1"
-        " || {{ grep -h '^verify_wind_order: FAIL' {log.log} >&2 || tail -n 20 {log.log} >&2;"
-        " echo 'verify_wind_order failed: report kept at {log.report}, log at {log.log}' >&2;"
-        " exit 1; }}"
 
 
 rule audit_checkpoint:
@@ -56,9 +53,6 @@ rule audit_checkpoint:
         " --cache {params.cache_dir}"
         " --checkpoint {input.checkpoint} --report {output.report} --report-copy {log.report}"
         " > {log.log} 2>&1"
-        " || {{ grep -h '^audit_checkpoint: FAIL' {log.log} >&2 || tail -n 20 {log.log} >&2;"
-        " echo 'audit_checkpoint failed: report kept at {log.report}, log at {log.log}' >&2;"
-        " exit 1; }}"
 
 
 rule smoke_forward:
@@ -87,6 +81,3 @@ rule smoke_forward:
         " --cache {params.cache_dir}"
         " --checkpoint {input.checkpoint} --audit {input.audit}"
         " --report {output.report} --report-copy {log.report} > {log.log} 2>&1"
-        " || {{ grep -h '^smoke_forward: FAIL' {log.log} >&2 || tail -n 20 {log.log} >&2;"
-        " echo 'smoke_forward failed: report kept at {log.report}, log at {log.log}' >&2;"
-        " exit 1; }}"
