@@ -76,6 +76,7 @@ GATED_CHAIN = (
     "verify_wind_order",
     "audit_checkpoint",
     "smoke_forward",
+    "check_network",
     "validate_short",
     "rehearse_report",
     "finetune",
@@ -84,7 +85,7 @@ GATED_CHAIN = (
 )
 """The stages of the LUMI run (data and baseline given) that Slurm runs, in DAG order."""
 
-RANKED = ("validate_short", "finetune")
+RANKED = ("check_network", "validate_short", "finetune")
 
 
 def rule_resources(profile: Mapping[str, Any], rule: str) -> dict[str, Any]:
@@ -206,6 +207,7 @@ def test_lumi_profile_maps_every_stage_within_lumi_limits(
         assert res["cpus_per_task"] == LUMI_CORES_PER_GCD
         assert res["mem_mb"] == LUMI_NODE_MEM_MB
     assert rule_resources(lumi_profile, "validate_short")["nodes"] == 1
+    assert rule_resources(lumi_profile, "check_network")["nodes"] == 2  # traffic between nodes
     finetune = rule_resources(lumi_profile, "finetune")
     assert finetune["nodes"] == lumi_config["launch"]["nodes"] == 50
     assert re.fullmatch(r"--signal=USR1@\d+", finetune["slurm_extra"])
@@ -410,6 +412,39 @@ def test_rank_wrapper_outside_slurm_runs_one_plain_process(tmp_path: Path) -> No
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["addr=unset", "port=unset"]
+
+
+def test_rank_wrapper_binds_lumis_minimal_bindings_for_rccl(tmp_path: Path) -> None:
+    """In a container, rank.sh adds LUMI's minimal bindings to --bind (there is no Singularity
+    here: a stand-in `singularity` on PATH prints what it was asked to run)."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "singularity").write_text('#!/bin/bash\necho "singularity $*"\n')
+    (fake / "singularity").chmod(0o755)
+    image = tmp_path / "image.sif"
+    image.touch()
+    spool, cray = tmp_path / "spool", tmp_path / "cray"
+    spool.mkdir()
+    cray.mkdir()
+    missing = tmp_path / "lib64" / "libcxi.so.1"
+    base = {
+        "MASTER_ADDR": "a",
+        "MASTER_PORT": "1",
+        "MIOPEN_USER_DB_PATH": str(tmp_path / "m"),
+        "PATH": f"{fake}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}",
+    }
+    args = ["--container", str(image), "--bind", "/scratch", "--", "true"]
+    proc = _rank_sh(args, {**base, "AQNET_LUMI_BINDS": f"{spool},{cray},{missing}"})
+    assert proc.returncode == 0, proc.stderr
+    assert f"singularity exec --bind /scratch,{spool},{cray} {image} bash -c" in proc.stdout
+    assert (
+        f"rank.sh: warning: {missing} (LUMI's minimal bindings for RCCL) is not on this host"
+        in (proc.stderr)
+    )
+    # LUMI's own list by default: the Slurm spool, the Cray tree, the host's libcxi.
+    script = RANK_SH.read_text()
+    assert "${AQNET_LUMI_BINDS-/var/spool/slurmd,/opt/cray,/usr/lib64/libcxi.so.1}" in script
+    assert "lumi-supercomputer.github.io/LUMI-EasyBuild-docs/p/PyTorch/" in script
 
 
 @pytest.mark.skipif(shutil.which("scontrol") is None, reason="scontrol (slurm-client) not found")

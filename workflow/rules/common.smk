@@ -146,6 +146,15 @@ SHARED_SCOPES = {
         "model",
         "validation",
     ),
+    # check_network (the model's gradient size, the fine-tune's backend, device and timeout)
+    "network": (
+        "results_dir",
+        "grid",
+        "lead_times_h",
+        "model",
+        "finetune",
+        "launch",
+    ),
     # report (everything but the variants: it is given their folders)
     "report": (
         "results_dir",
@@ -441,6 +450,7 @@ _BEFORE_FINETUNE = {
     "verify_wind_order",
     "audit_checkpoint",
     "smoke_forward",
+    "check_network",
     "validate_short",
 }
 

@@ -4,12 +4,54 @@
 # state_dir in common.smk) and is not a declared output, so Snakemake never deletes it.
 
 
+# The network between nodes, once per run, before any validate_short or fine-tune: 2 whole nodes
+# under the fine-tune's srun line (profiles/lumi), an all-reduce of the model's gradient size with
+# RCCL's debug output on, and the Slingshot (cxi) provider required in it (aqnet.train.network).
+# A separate 2-node stage costs 2 nodes for a few minutes once; validate_short on 2 nodes would
+# double every variant's and seed's short run instead. Each rank's RCCL debug file is appended
+# to the stage log.
+rule check_network:
+    input:
+        config=expand(rules.resolve_shared_config.output.config, scope="network"),
+    output:
+        report=result("gates/check_network.json"),
+    log:
+        log="logs/check_network.log",
+        report="logs/check_network.json",
+    conda:
+        ENV
+    threads: 2
+    resources:
+        nodes=2,
+        tasks_per_node=CFG["launch"]["tasks_per_node"],
+        mem_mb=4000,
+        runtime=15,
+        gpu_nodes=2,
+    params:
+        launcher=launcher,
+        world_size=world_size,
+        debug_dir="logs/check_network/rccl",
+    shell:
+        "rm -rf {params.debug_dir}; rc=0; {params.launcher}aqnet check-network"
+        " --config {input.config} --debug-dir {params.debug_dir}"
+        " --world-size {params.world_size}"
+        " --report {output.report} --report-copy {log.report} > {log.log} 2>&1 || rc=$?;"
+        ' for f in {params.debug_dir}/rccl.*.log; do if [ -e "$f" ]; then'
+        ' echo "== RCCL debug output: $f" >> {log.log}; cat "$f" >> {log.log}; fi; done;'
+        ' if [ "$rc" -ne 0 ]; then'
+        " grep -h '^check_network: FAIL' {log.log} >&2 || tail -n 20 {log.log} >&2;"
+        " echo 'check_network failed: report kept at {log.report}, log at {log.log}' >&2;"
+        " exit 1; fi"
+
+
 rule validate_short:
     input:
         config=rules.resolve_config.output.config,
         cache=rules.build_cache.output.meta,
         init=baseline_checkpoint(),
         smoke=rules.smoke_forward.output.report,
+        # ancient: a rerun of the network check does not make every variant's short run stale
+        network=ancient(rules.check_network.output.report),
     output:
         report=result("variants/{variant}/validate_short.json"),
         metrics=result("variants/{variant}/validate_short/metrics.csv"),
