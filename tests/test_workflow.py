@@ -121,8 +121,9 @@ def expected_counts(variants: int, *, train_baseline: bool = True) -> dict[str, 
     if not train_baseline:
         del counts["train_baseline"]
     counts.update({rule: variants for rule in VARIANT_RULES})
-    # data, wind_order, baseline and report scopes; the baseline scope only when it is trained
-    counts.update(resolve_shared_config=4 if train_baseline else 3, report=1, all=1)
+    # data, wind_order, network, baseline and report scopes; baseline only when it is trained
+    counts.update(resolve_shared_config=5 if train_baseline else 4, report=1, all=1)
+    counts["check_network"] = 1  # one network gate before every validate_short
     counts["rehearse_report"] = 1  # one gate over every variant, before any fine-tune
     counts["check_budget"] = 1  # one budget gate before all the fine-tunes
     return counts
@@ -227,7 +228,9 @@ def test_until_validate_short_stops_before_the_expensive_stages(
     counts = job_counts(result.stdout)
     assert counts["validate_short"] == 2 and counts["smoke_forward"] == 2
     assert not {"finetune", "evaluate", "report", "all"} & set(counts)
-    assert counts["resolve_shared_config"] == 3  # data, wind_order and baseline, not the report's
+    # data, wind_order, network and baseline, not the report's
+    assert counts["resolve_shared_config"] == 4
+    assert counts["check_network"] == 1
 
 
 def test_given_baseline_checkpoint_skips_train_baseline(
