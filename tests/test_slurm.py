@@ -858,3 +858,88 @@ def test_bare_srun_in_a_cleared_job_starts_one_rank_per_node_and_is_refused(
         capture_output=True, text=True, timeout=30, check=True,
     ).stdout.split()  # fmt: skip
     assert steps[:1] == ["2|2"], steps
+
+
+_NARROWED_GPU_CHECK = """
+import os, sys
+from types import SimpleNamespace
+import torch
+from aqnet.train.distributed import (
+    LaunchError, _check_ranks, gpu_identity, init_distributed, rank_record,
+)
+# The PCI buses of a LUMI-G node's eight GCDs. The fake GPUs of the localhost Slurm cannot be
+# queried, so torch's device properties are stood in for: visible index i resolves through this
+# rank's ROCR_VISIBLE_DEVICES (as the ROCm runtime does) to the physical GCD and its bus.
+BUS = (0xC1, 0xC6, 0xC9, 0xCE, 0xD1, 0xD6, 0xD9, 0xDE)
+def properties(index):
+    physical = int(os.environ["ROCR_VISIBLE_DEVICES"].split(",")[index])
+    return SimpleNamespace(pci_bus_id=BUS[physical], pci_domain_id=0, pci_device_id=0, uuid=None)
+ctx = init_distributed(backend="gloo", device="cpu", expected_world_size=int(sys.argv[1]))
+visible = os.environ["ROCR_VISIBLE_DEVICES"].split(",")
+me = rank_record(
+    ctx.info, torch.device("cuda", 0), host=os.environ["SLURMD_NODENAME"],
+    identity=lambda i: gpu_identity(i, properties=properties),
+)
+ranks = ctx.all_gather_object(me)
+ctx.close()
+if ctx.rank == 0:
+    try:
+        _check_ranks(ranks, ctx.world_size)
+    except LaunchError as exc:
+        print(f"REFUSED: {exc}", flush=True)
+        raise SystemExit(3)
+    print("GPUS " + " ".join(f"{r['host']}/{r['rank']}={r['gpu']}" for r in ranks), flush=True)
+print(f"RANK {ctx.rank} sees {len(visible)} GPU(s): {','.join(visible)}", flush=True)
+"""
+
+
+def _narrowed_job(tmp_path: Path, pin: str | None) -> subprocess.CompletedProcess[str]:
+    """2 nodes x 2 ranks with 2 (fake) GPUs each, every rank started by profiles/lumi/rank.sh.
+
+    ``pin`` exports ROCR_VISIBLE_DEVICES before the wrapper (every rank bound to that one GPU).
+    """
+    check = tmp_path / "narrowed_gpu_check.py"
+    check.write_text(_NARROWED_GPU_CHECK)
+    pre = f"export ROCR_VISIBLE_DEVICES={pin}; " if pin is not None else ""
+    return subprocess.run(
+        [
+            "srun", "-A", derive.CI_ACCOUNT, "-p", "standard-g", "--nodes=2",
+            "--ntasks-per-node=2", "--gres=gpu:2", "--cpus-per-task=1", "--mem=2000", "-t", "3",
+            "--kill-on-bad-exit=1", "bash", "-c",
+            f'{pre}exec bash {RANK_SH} --container none -- "$@"', "rank",
+            sys.executable, str(check), "4",
+        ],
+        capture_output=True, text=True, timeout=180,
+        env=_snakemake_env({"MIOPEN_USER_DB_PATH": str(tmp_path / "miopen")}),
+    )  # fmt: skip
+
+
+@pytest.mark.slurm
+def test_lumi_gpu_narrowing_on_localhost_slurm(slurm_cluster: None, tmp_path: Path) -> None:
+    """Slurm gives each task the node's GPUs (ROCR_VISIBLE_DEVICES=0,1) and rank.sh narrows every
+    rank to its own, which it then sees as cuda:0: the check after the rendezvous (real gloo
+    ranks on two Slurm nodes) passes because the physical GPUs differ."""
+    proc = _narrowed_job(tmp_path, pin=None)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    seen = sorted(re.findall(r"RANK (\d) sees (\d) GPU\(s\): (\S+)", out))
+    assert seen == [("0", "1", "0"), ("1", "1", "1"), ("2", "1", "0"), ("3", "1", "1")], out
+    gpus = dict(item.split("=") for item in re.search(r"GPUS (.*)", out).group(1).split())
+    hosts = sorted({key.split("/")[0] for key in gpus})
+    assert len(hosts) == 2, gpus  # two Slurm nodes, each rank on cuda:0 of its own GCD
+    assert gpus == {
+        f"{hosts[0]}/0": "pci:0000:c1:00",
+        f"{hosts[0]}/1": "pci:0000:c6:00",
+        f"{hosts[1]}/2": "pci:0000:c1:00",
+        f"{hosts[1]}/3": "pci:0000:c6:00",
+    }
+
+
+@pytest.mark.slurm
+def test_two_ranks_bound_to_one_gpu_on_localhost_slurm_are_refused(
+    slurm_cluster: None, tmp_path: Path
+) -> None:
+    proc = _narrowed_job(tmp_path, pin="1")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out
+    assert re.search(r"REFUSED: ranks 0 and 1 on nid\d+ both use the GPU pci:0000:c6:00", out), out
