@@ -1064,20 +1064,25 @@ def test_finetune_requeues_itself_on_localhost_slurm(
         assert (state / STATE_FILE).exists(), f"no checkpoint within 60 s:\n{log.read_text()}"
         for sig in ("STOP", "USR1", "CONT"):
             subprocess.run(["scancel", f"--signal={sig}", job_id], timeout=15, check=True)
-        # The job requeues itself; a requeued job waits for its begin time: make it now.
+        # The job requeues itself; a requeued job waits for its begin time (about 2 minutes on
+        # LUMI). Once the old allocation has been cleaned up for a few seconds (starting it while
+        # slurmstepd still tears it down fails the launch), make the begin time now.
         deadline = time.monotonic() + 60
         while "requeueing Slurm job" not in (log.read_text() if log.exists() else ""):
             assert time.monotonic() < deadline, f"the job did not requeue:\n{log.read_text()}"
             time.sleep(0.2)
-        deadline = time.monotonic() + 90
-        while _squeue_state(job_id) not in ("", "COMPLETED"):
-            assert time.monotonic() < deadline, f"job {job_id}: {_squeue_state(job_id)}"
-            if _squeue_state(job_id) == "PENDING":
-                subprocess.run(
-                    ["scontrol", "update", f"JobId={job_id}", "StartTime=now"],
-                    capture_output=True, timeout=15,
-                )  # fmt: skip
-            time.sleep(1)
+        deadline, pending_since, released = time.monotonic() + 90, None, False
+        while (state_now := _squeue_state(job_id)) not in ("", "COMPLETED"):
+            assert time.monotonic() < deadline, f"job {job_id}: {state_now}"
+            if state_now == "PENDING" and not released:
+                pending_since = pending_since or time.monotonic()
+                if time.monotonic() - pending_since > 5:
+                    subprocess.run(
+                        ["scontrol", "update", f"JobId={job_id}", "StartTime=now"],
+                        capture_output=True, timeout=15,
+                    )  # fmt: skip
+                    released = True
+            time.sleep(0.5)
     finally:
         subprocess.run(["scancel", job_id], capture_output=True, timeout=15)
 

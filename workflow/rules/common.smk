@@ -111,6 +111,13 @@ if _BIN not in os.environ.get("PATH", "").split(os.pathsep):
 RESULTS = str(Path(CFG["results_dir"]))
 VARIANTS = list(CFG["variants"])
 ENV = "../../envs/aqnet.yaml"
+# The fine-tune's self-requeue after USR1 (a shell script, so tests/test_slurm.py runs it too).
+REQUEUE_SCRIPT = str(
+    Path(workflow.main_snakefile).parent
+    / "workflow"
+    / "scripts"
+    / "requeue_on_tempfail.sh"
+)
 SHARED = "shared"  # pseudo-variant name of the resolved config the shared stages read
 
 # The configs of the variant-independent stages keep only the keys those stages depend on (the

@@ -32,7 +32,9 @@ rule check_network:
         world_size=world_size,
         debug_dir="logs/check_network/rccl",
     shell:
-        "rm -rf {params.debug_dir}; rc=0; {params.launcher}aqnet check-network"
+        # RCCL's debug output from the start of every rank (the check adds one file per rank)
+        "rm -rf {params.debug_dir}; rc=0; NCCL_DEBUG=INFO NCCL_DEBUG_SUBSYS=INIT,NET"
+        " {params.launcher}aqnet check-network"
         " --config {input.config} --debug-dir {params.debug_dir}"
         " --world-size {params.world_size}"
         " --report {output.report} --report-copy {log.report} > {log.log} 2>&1 || rc=$?;"
@@ -189,18 +191,15 @@ rule finetune:
         launcher=launcher,
         record_job=record_slurm_job("finetune"),
         world_size=world_size,
+        requeue=REQUEUE_SCRIPT,
     shell:
         # --expected-step-time-from: validate_short's measured step time arms the watchdog.
-        # Exit 75: SIGUSR1 came before the time limit and the state is saved. Inside a Slurm job
-        # (SLURM_JOB_ID, which the executor plugin keeps) the job requeues itself, from the batch
-        # step so that scontrol is at hand outside the container; Slurm ends this allocation, the
-        # plugin keeps waiting for the same job id, and the requeued job resumes from the state.
-        # The log is appended to, so it keeps every allocation's part.
-        "{params.record_job}rc=0; {params.launcher}aqnet finetune --config {input.config}"
-        " --cache {params.cache_dir}"
+        # Exit 75: SIGUSR1 came before the time limit and the state is saved; inside a Slurm job
+        # the requeue script (workflow/scripts/requeue_on_tempfail.sh, which appends the output
+        # to the log so it keeps every allocation's part) requeues the job, the plugin keeps
+        # waiting for the same job id, and the requeued job resumes from the state.
+        "{params.record_job}bash {params.requeue} {log} -- {params.launcher}aqnet finetune"
+        " --config {input.config} --cache {params.cache_dir}"
         " --init {input.init} --out-dir {params.out_dir} --state-dir {params.state_dir}"
         " --world-size {params.world_size}"
-        " --expected-step-time-from {input.validated} >> {log} 2>&1 || rc=$?;"
-        ' if [ "$rc" -eq 75 ] && [ -n "${{SLURM_JOB_ID:-}}" ]; then'
-        ' echo "finetune: requeueing Slurm job $SLURM_JOB_ID to resume" >> {log};'
-        ' scontrol requeue "$SLURM_JOB_ID" && sleep 600; fi; exit "$rc"'
+        " --expected-step-time-from {input.validated}"
