@@ -186,3 +186,81 @@ def test_one_process_reports_why_nothing_was_measured_or_checked(
     assert report["gradient"]["params"] == gradient_numel(cfg)["params"]
     assert report["rccl_debug"]["NCCL_DEBUG"] == "INFO"
     json.dumps(report)  # the report is JSON as it stands
+
+
+def _fake_rccl_init(tmp_path: Path, rccl_log: str) -> Any:
+    """An ``init_distributed`` whose ranks use the nccl backend as far as the check can tell.
+
+    There is no GPU or RCCL here: a real one-rank gloo process group carries the collectives, and
+    the RCCL debug file RCCL would write at start-up (``NCCL_DEBUG_FILE``) is written with
+    ``rccl_log``. Everything after it (reading the file, the verdict, the report) is the check's.
+    """
+    import os
+
+    import torch
+    import torch.distributed as dist
+
+    from aqnet.train.distributed import DistContext, LaunchInfo, rank_record
+
+    def init(**kwargs: Any) -> DistContext:
+        dist.init_process_group(
+            "gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1
+        )
+        Path(os.environ["NCCL_DEBUG_FILE"]).write_text(rccl_log)
+        info = LaunchInfo(
+            rank=0, local_rank=0, world_size=1, local_world_size=1, master_addr="h",
+            master_port=0, launcher="torchrun", source="test",
+        )  # fmt: skip
+        me = rank_record(info, torch.device("cpu"), host="nid005000", env={})
+        return DistContext(info=info, device=torch.device("cpu"), backend="nccl", ranks=[me])
+
+    return init
+
+
+@pytest.fixture
+def network_cfg(tiny_config: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    for key in ("RANK", "WORLD_SIZE", "SLURM_PROCID", "SLURM_STEP_ID", "NCCL_DEBUG_SUBSYS"):
+        monkeypatch.delenv(key, raising=False)
+    for key in ("NCCL_DEBUG", "NCCL_DEBUG_FILE"):
+        monkeypatch.setenv(key, "")  # restored after the test: the check sets them
+    monkeypatch.setenv("SLURMD_NODENAME", "nid005000")
+    return variant_config(validate_config(copy.deepcopy(tiny_config)), "default")
+
+
+def test_a_rank_whose_rccl_fell_back_fails_the_check_naming_it(
+    network_cfg: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(
+        "aqnet.train.network.init_distributed", _fake_rccl_init(tmp_path, SOCKET_LOG)
+    )
+    report: dict[str, Any] = {}
+    with pytest.raises(StageFailure) as err:
+        check_network(
+            network_cfg, debug_dir=tmp_path / "rccl", expected_world_size=1, report=report
+        )
+    msg = str(err.value)
+    assert msg.startswith("check_network: RCCL fell back to NET/Socket ('Socket' in ")
+    assert str(tmp_path / "rccl" / "rccl.0000.log") in msg
+    assert msg.endswith("[rank 0 on nid005000; 1 of 1 rank(s) failed]")
+    assert report["provider_check"]["status"] == "failed"
+    assert report["provider_check"]["failed_ranks"] == [0]
+    assert report["backend"] == "nccl"
+
+
+def test_rccl_on_slingshot_but_one_node_proves_nothing(
+    network_cfg: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(
+        "aqnet.train.network.init_distributed", _fake_rccl_init(tmp_path, SLINGSHOT_LOG)
+    )
+    report: dict[str, Any] = {}
+    with pytest.raises(StageFailure, match="ran on one node \\(nid005000\\): the check proves"):
+        check_network(
+            network_cfg, debug_dir=tmp_path / "rccl", expected_world_size=1, report=report
+        )
+    assert report["provider_check"] == {
+        "status": "passed",
+        "evidence": "NET/OFI Selected Provider is cxi (1 process(es))",
+        "ranks": 1,
+    }
+    assert report["allreduce"]["measured"] and report["allreduce"]["busbw_gbps"] == 0.0

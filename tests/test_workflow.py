@@ -12,6 +12,7 @@ in these runs: Snakemake looks it up in the working directory.
 from __future__ import annotations
 
 import copy
+import json
 import os
 import re
 import subprocess
@@ -342,3 +343,30 @@ def test_resolved_config_rewritten_only_when_it_changes(
     dry = run_snakemake(tmp_path, write_config(tmp_path, cfg), "--dry-run", *shared)
     assert dry.returncode == 0 and job_counts(dry.stdout) == {}, dry.stdout
     assert [(tmp_path / f).stat().st_mtime_ns for f in shared] == before
+
+
+def test_a_failed_network_check_stops_before_validate_short(
+    tmp_path: Path, tiny_config: dict[str, Any]
+) -> None:
+    """check_network is a gate of every validate_short (so of every fine-tune); a failure prints
+    its one-line reason and where the report is kept."""
+    cfg = workflow_config(tiny_config)
+    cfg_path = write_config(tmp_path, cfg)
+    plan = run_snakemake(tmp_path, cfg_path, "--dry-run", "--until", "validate_short")
+    assert plan.returncode == 0, plan.stdout
+    short = re.search(r"rule validate_short:\n\s+input: ([^\n]+)", plan.stdout)
+    assert short and "results/gates/check_network.json" in short.group(1), plan.stdout
+
+    # nccl asked for on a CPU-only machine: the check refuses before anything is measured.
+    cfg["finetune"]["backend"] = "nccl"
+    cfg_path = write_config(tmp_path, cfg)
+    result = run_snakemake(tmp_path, cfg_path, "check_network")
+    assert result.returncode != 0
+    assert (
+        "check_network: FAIL - train.backend is 'nccl' but this rank runs on the CPU"
+        in result.stdout
+    ), result.stdout
+    assert "check_network failed: report kept at logs/check_network.json" in result.stdout
+    report = json.loads((tmp_path / "logs" / "check_network.json").read_text())
+    assert report["passed"] is False and "nccl" in report["reason"]
+    assert not (tmp_path / "results" / "gates" / "check_network.json").exists()
