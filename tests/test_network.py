@@ -264,3 +264,28 @@ def test_rccl_on_slingshot_but_one_node_proves_nothing(
         "ranks": 1,
     }
     assert report["allreduce"]["measured"] and report["allreduce"]["busbw_gbps"] == 0.0
+
+
+def test_an_all_reduce_that_returns_a_wrong_sum_fails(
+    network_cfg: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch.distributed as dist
+
+    real = dist.all_reduce
+
+    def corrupting(tensor: Any, *args: Any, **kwargs: Any) -> Any:
+        work = real(tensor, *args, **kwargs)
+        if tensor.numel() > 1:  # the gradient-sized buffer, not the timing scalars
+            tensor[0] += 0.5
+        return work
+
+    monkeypatch.setattr(dist, "all_reduce", corrupting)
+    monkeypatch.setattr(
+        "aqnet.train.network.init_distributed", _fake_rccl_init(tmp_path, SLINGSHOT_LOG)
+    )
+    with pytest.raises(StageFailure) as err:
+        check_network(network_cfg, debug_dir=tmp_path / "rccl", expected_world_size=1, report={})
+    assert str(err.value) == (
+        "check_network: the all-reduce returned 1.5 on rank 0 (nid005000) where the sum over 1 "
+        "ranks is 1.0: the collective corrupts data (1 of 1 rank(s))"
+    )
