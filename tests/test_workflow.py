@@ -159,8 +159,12 @@ def test_two_variant_dag_and_each_audit_expects_its_keys(
     result = run_snakemake(tmp_path, cfg_path, "--dry-run", "--printshellcmds")
     assert result.returncode == 0, result.stdout
     assert job_counts(result.stdout) == expected_counts(3)
-    # Locally no launcher: one process, world size 1.
-    assert re.search(r"Shell command: .*; aqnet finetune .* --world-size 1 ", result.stdout)
+    # Locally no launcher: one process, world size 1 (behind the fine-tune's requeue script).
+    assert re.search(
+        r"Shell command: .*; bash \S+/workflow/scripts/requeue_on_tempfail\.sh "
+        r"logs/finetune/default\.log -- aqnet finetune .* --world-size 1 ",
+        result.stdout,
+    )
     assert "srun" not in result.stdout
     for variant in TWO_VARIANTS:
         config = f"results/variants/{variant}/config.yaml"
