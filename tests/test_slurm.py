@@ -9,8 +9,15 @@ the pipeline submitted through it to a real (localhost) Slurm.
   LUMI pipeline (data files and a baseline given, as on LUMI) with the profile derived from
   ``profiles/lumi`` by ``tests/slurm/derive_profile.py`` (2 nodes x 2 ranks, gloo on the CPU, no
   container) and checks, from ``sacct`` rather than from our own logs, where and how every stage
-  ran. ``test_bare_srun_*`` (marker ``slurm``) shows on the same cluster why the launcher spells
-  the task geometry out.
+  ran, and that ``check_network`` measured its all-reduce over 2 nodes with gloo, only the RCCL
+  provider check skipped (with its reason). ``test_bare_srun_*`` (marker ``slurm``) shows on the
+  same cluster why the launcher spells the task geometry out.
+* ``test_lumi_gpu_narrowing_*`` / ``test_two_ranks_bound_to_one_gpu_*`` (marker ``slurm``): LUMI's
+  per-task ``ROCR_VISIBLE_DEVICES`` (Slurm's, narrowed by ``rank.sh``) on real Slurm nodes with
+  real gloo ranks; only the GPUs' device properties are stood in for (the fake GPUs cannot be
+  queried).
+* ``test_finetune_requeues_itself_on_localhost_slurm`` (markers ``slurm``, ``slow``): USR1 before
+  the time limit, the job requeues itself and resumes, and ends as an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ import yaml
 
 from aqnet.config import validate_config, variant_config
 from aqnet.train.cost import finetune_projection, measured_from_report, start_times_in_cache
+from aqnet.train.network import gradient_numel
 
 REPO = Path(__file__).resolve().parents[1]
 LUMI_PROFILE = REPO / "profiles" / "lumi" / "config.yaml"
@@ -76,6 +84,7 @@ GATED_CHAIN = (
     "verify_wind_order",
     "audit_checkpoint",
     "smoke_forward",
+    "check_network",
     "validate_short",
     "rehearse_report",
     "finetune",
@@ -84,7 +93,7 @@ GATED_CHAIN = (
 )
 """The stages of the LUMI run (data and baseline given) that Slurm runs, in DAG order."""
 
-RANKED = ("validate_short", "finetune")
+RANKED = ("check_network", "validate_short", "finetune")
 
 
 def rule_resources(profile: Mapping[str, Any], rule: str) -> dict[str, Any]:
@@ -206,6 +215,7 @@ def test_lumi_profile_maps_every_stage_within_lumi_limits(
         assert res["cpus_per_task"] == LUMI_CORES_PER_GCD
         assert res["mem_mb"] == LUMI_NODE_MEM_MB
     assert rule_resources(lumi_profile, "validate_short")["nodes"] == 1
+    assert rule_resources(lumi_profile, "check_network")["nodes"] == 2  # traffic between nodes
     finetune = rule_resources(lumi_profile, "finetune")
     assert finetune["nodes"] == lumi_config["launch"]["nodes"] == 50
     assert re.fullmatch(r"--signal=USR1@\d+", finetune["slurm_extra"])
@@ -410,6 +420,39 @@ def test_rank_wrapper_outside_slurm_runs_one_plain_process(tmp_path: Path) -> No
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["addr=unset", "port=unset"]
+
+
+def test_rank_wrapper_binds_lumis_minimal_bindings_for_rccl(tmp_path: Path) -> None:
+    """In a container, rank.sh adds LUMI's minimal bindings to --bind (there is no Singularity
+    here: a stand-in `singularity` on PATH prints what it was asked to run)."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "singularity").write_text('#!/bin/bash\necho "singularity $*"\n')
+    (fake / "singularity").chmod(0o755)
+    image = tmp_path / "image.sif"
+    image.touch()
+    spool, cray = tmp_path / "spool", tmp_path / "cray"
+    spool.mkdir()
+    cray.mkdir()
+    missing = tmp_path / "lib64" / "libcxi.so.1"
+    base = {
+        "MASTER_ADDR": "a",
+        "MASTER_PORT": "1",
+        "MIOPEN_USER_DB_PATH": str(tmp_path / "m"),
+        "PATH": f"{fake}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}",
+    }
+    args = ["--container", str(image), "--bind", "/scratch", "--", "true"]
+    proc = _rank_sh(args, {**base, "AQNET_LUMI_BINDS": f"{spool},{cray},{missing}"})
+    assert proc.returncode == 0, proc.stderr
+    assert f"singularity exec --bind /scratch,{spool},{cray} {image} bash -c" in proc.stdout
+    assert (
+        f"rank.sh: warning: {missing} (LUMI's minimal bindings for RCCL) is not on this host"
+        in (proc.stderr)
+    )
+    # LUMI's own list by default: the Slurm spool, the Cray tree, the host's libcxi.
+    script = RANK_SH.read_text()
+    assert "${AQNET_LUMI_BINDS-/var/spool/slurmd,/opt/cray,/usr/lib64/libcxi.so.1}" in script
+    assert "lumi-supercomputer.github.io/LUMI-EasyBuild-docs/p/PyTorch/" in script
 
 
 @pytest.mark.skipif(shutil.which("scontrol") is None, reason="scontrol (slurm-client) not found")
@@ -764,6 +807,23 @@ def test_pipeline_on_localhost_slurm(
     summary = json.loads((results / "finetune" / "summary.json").read_text())
     assert summary["world_size"] == 4 and summary["steps"] == cfg["finetune"]["steps"]
 
+    # The network check ran the fine-tune's geometry over 2 Slurm nodes with gloo: measured, and
+    # only the provider check skipped (no RCCL on CPUs), with the reason in the report. Each rank
+    # saw one GPU, its local rank's: Slurm's ROCR_VISIBLE_DEVICES narrowed by rank.sh, as on LUMI.
+    network = json.loads((Path(cfg["results_dir"]) / "gates" / "check_network.json").read_text())
+    assert network["passed"] and network["world_size"] == 4 and network["backend"] == "gloo"
+    assert len(network["nodes"]) == 2, network["nodes"]
+    assert network["provider_check"]["status"] == "skipped"
+    assert network["provider_check"]["reason"].startswith(
+        "backend gloo: the ranks run on the CPU without RCCL"
+    )
+    assert network["allreduce"]["measured"] and network["allreduce"]["busbw_gbps"] > 0
+    assert network["gradient"]["params"] == gradient_numel(cfg)["params"]
+    for r in network["ranks"]:
+        rocr = re.search(r"ROCR_VISIBLE_DEVICES=([\d,]+)", r["visible"])
+        assert rocr and rocr.group(1) == str(r["rank"] % 2), r
+    assert "provider check skipped: backend gloo" in network["reason"]
+
     # Every stage ran behind the LUMI rank wrapper (here without container): it made the MIOpen
     # cache folder the test pointed it to.
     assert (tmp_path / "miopen").is_dir(), "profiles/lumi/rank.sh did not run in the jobs"
@@ -823,3 +883,234 @@ def test_bare_srun_in_a_cleared_job_starts_one_rank_per_node_and_is_refused(
         capture_output=True, text=True, timeout=30, check=True,
     ).stdout.split()  # fmt: skip
     assert steps[:1] == ["2|2"], steps
+
+
+_NARROWED_GPU_CHECK = """
+import os, sys
+from types import SimpleNamespace
+import torch
+from aqnet.train.distributed import (
+    LaunchError, _check_ranks, gpu_identity, init_distributed, rank_record,
+)
+# The PCI buses of a LUMI-G node's eight GCDs. The fake GPUs of the localhost Slurm cannot be
+# queried, so torch's device properties are stood in for: visible index i resolves through this
+# rank's ROCR_VISIBLE_DEVICES (as the ROCm runtime does) to the physical GCD and its bus.
+BUS = (0xC1, 0xC6, 0xC9, 0xCE, 0xD1, 0xD6, 0xD9, 0xDE)
+def properties(index):
+    physical = int(os.environ["ROCR_VISIBLE_DEVICES"].split(",")[index])
+    return SimpleNamespace(pci_bus_id=BUS[physical], pci_domain_id=0, pci_device_id=0, uuid=None)
+ctx = init_distributed(backend="gloo", device="cpu", expected_world_size=int(sys.argv[1]))
+visible = os.environ["ROCR_VISIBLE_DEVICES"].split(",")
+me = rank_record(
+    ctx.info, torch.device("cuda", 0), host=os.environ["SLURMD_NODENAME"],
+    identity=lambda i: gpu_identity(i, properties=properties),
+)
+ranks = ctx.all_gather_object(me)
+ctx.close()
+if ctx.rank == 0:
+    try:
+        _check_ranks(ranks, ctx.world_size)
+    except LaunchError as exc:
+        print(f"REFUSED: {exc}", flush=True)
+        raise SystemExit(3)
+    print("GPUS " + " ".join(f"{r['host']}/{r['rank']}={r['gpu']}" for r in ranks), flush=True)
+print(f"RANK {ctx.rank} sees {len(visible)} GPU(s): {','.join(visible)}", flush=True)
+"""
+
+
+def _narrowed_job(tmp_path: Path, pin: str | None) -> subprocess.CompletedProcess[str]:
+    """2 nodes x 2 ranks with 2 (fake) GPUs each, every rank started by profiles/lumi/rank.sh.
+
+    ``pin`` exports ROCR_VISIBLE_DEVICES before the wrapper (every rank bound to that one GPU).
+    """
+    check = tmp_path / "narrowed_gpu_check.py"
+    check.write_text(_NARROWED_GPU_CHECK)
+    pre = f"export ROCR_VISIBLE_DEVICES={pin}; " if pin is not None else ""
+    return subprocess.run(
+        [
+            "srun", "-A", derive.CI_ACCOUNT, "-p", "standard-g", "--nodes=2",
+            "--ntasks-per-node=2", "--gres=gpu:2", "--cpus-per-task=1", "--mem=2000", "-t", "3",
+            "--kill-on-bad-exit=1", "bash", "-c",
+            f'{pre}exec bash {RANK_SH} --container none -- "$@"', "rank",
+            sys.executable, str(check), "4",
+        ],
+        capture_output=True, text=True, timeout=180,
+        env=_snakemake_env({"MIOPEN_USER_DB_PATH": str(tmp_path / "miopen")}),
+    )  # fmt: skip
+
+
+@pytest.mark.slurm
+def test_lumi_gpu_narrowing_on_localhost_slurm(slurm_cluster: None, tmp_path: Path) -> None:
+    """Slurm gives each task the node's GPUs (ROCR_VISIBLE_DEVICES=0,1) and rank.sh narrows every
+    rank to its own, which it then sees as cuda:0: the check after the rendezvous (real gloo
+    ranks on two Slurm nodes) passes because the physical GPUs differ."""
+    proc = _narrowed_job(tmp_path, pin=None)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    seen = sorted(re.findall(r"RANK (\d) sees (\d) GPU\(s\): (\S+)", out))
+    assert seen == [("0", "1", "0"), ("1", "1", "1"), ("2", "1", "0"), ("3", "1", "1")], out
+    gpus = dict(item.split("=") for item in re.search(r"GPUS (.*)", out).group(1).split())
+    hosts = sorted({key.split("/")[0] for key in gpus})
+    assert len(hosts) == 2, gpus  # two Slurm nodes, each rank on cuda:0 of its own GCD
+    assert gpus == {
+        f"{hosts[0]}/0": "pci:0000:c1:00",
+        f"{hosts[0]}/1": "pci:0000:c6:00",
+        f"{hosts[1]}/2": "pci:0000:c1:00",
+        f"{hosts[1]}/3": "pci:0000:c6:00",
+    }
+
+
+@pytest.mark.slurm
+def test_two_ranks_bound_to_one_gpu_on_localhost_slurm_are_refused(
+    slurm_cluster: None, tmp_path: Path
+) -> None:
+    proc = _narrowed_job(tmp_path, pin="1")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out
+    assert re.search(r"REFUSED: ranks 0 and 1 on nid\d+ both use the GPU pci:0000:c6:00", out), out
+
+
+REQUEUE_SCRIPT = REPO / "workflow" / "scripts" / "requeue_on_tempfail.sh"
+_REQUEUE_STEPS = 12
+_REQUEUE_TIMING = ("samples_per_s", "step_time_s", "val_time_s")
+
+
+def _sacct_allocations(job_id: str) -> list[dict[str, str]]:
+    """Every allocation of a job, requeued ones included (``sacct --duplicates``)."""
+    proc = subprocess.run(
+        ["sacct", "-j", job_id, "--duplicates", "-X", "-n", "-P", "--format=JobID,State,ExitCode"],
+        capture_output=True, text=True, timeout=30, check=True,
+    )  # fmt: skip
+    keys = ("JobID", "State", "ExitCode")
+    return [dict(zip(keys, line.split("|"), strict=True)) for line in proc.stdout.splitlines()]
+
+
+def _squeue_state(job_id: str) -> str:
+    proc = subprocess.run(
+        ["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True, timeout=15
+    )
+    return proc.stdout.strip()
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_finetune_requeues_itself_on_localhost_slurm(
+    slurm_cluster: None,
+    tmp_path: Path,
+    tiny_config: dict[str, Any],
+    tiny_cache: Path,
+    trained_baseline: Path,
+) -> None:
+    """USR1 before the time limit: the fine-tune saves, its job requeues itself (the rule's own
+    workflow/scripts/requeue_on_tempfail.sh), resumes from the state and ends exactly where an
+    uninterrupted run ends. Evidence from Slurm (sacct's allocations of the job), the state folder
+    and the training's own "resumed" line, not from Slurm's output file (a requeued job's output
+    file is rewritten from the start)."""
+    import torch
+
+    from aqnet.checkpoint import read_checkpoint
+    from aqnet.config import dump_config
+    from aqnet.train.metrics import read_metrics
+    from aqnet.train.state import STATE_FILE
+
+    cfg = copy.deepcopy(tiny_config)
+    cfg["validation"].update(_VALIDATION)
+    cfg["finetune"].update(
+        steps=_REQUEUE_STEPS, val_every=6, checkpoint_every=2, batch_size=4, device="cpu"
+    )
+    config = tmp_path / "config.yaml"
+    dump_config(variant_config(validate_config(cfg), "default"), config)
+
+    def finetune(out: Path, state: Path) -> list[str]:
+        return [
+            str(BIN / "aqnet"), "finetune", "--config", str(config), "--cache", str(tiny_cache),
+            "--init", str(trained_baseline / "baseline.ckpt"), "--out-dir", str(out),
+            "--state-dir", str(state), "--world-size", "1",
+        ]  # fmt: skip
+
+    # The uninterrupted reference, outside Slurm.
+    ref = subprocess.run(
+        finetune(tmp_path / "ref", tmp_path / "ref_state"),
+        capture_output=True, text=True, timeout=180, env=_snakemake_env(),
+    )  # fmt: skip
+    assert ref.returncode == 0, ref.stdout + ref.stderr
+
+    # The same fine-tune as the rule runs it on LUMI: the requeue script around srun and rank.sh.
+    out, state, log = tmp_path / "out", tmp_path / "state", tmp_path / "finetune.log"
+    job = tmp_path / "job.sh"
+    job.write_text(
+        "#!/bin/bash\n"
+        f"exec bash {REQUEUE_SCRIPT} {log} -- srun --ntasks=1 --kill-on-bad-exit=1 "
+        f"bash {RANK_SH} --container none -- {' '.join(finetune(out, state))}\n"
+    )
+    submit = subprocess.run(
+        [
+            "sbatch", "--parsable", "-A", derive.CI_ACCOUNT, "-p", "small", "--ntasks=1",
+            "--cpus-per-task=1", "--mem=2000", "-t", "2", "--requeue",
+            "-o", str(tmp_path / "slurm-%j.out"), str(job),
+        ],
+        capture_output=True, text=True, timeout=30,
+        env=_snakemake_env({"MIOPEN_USER_DB_PATH": str(tmp_path / "miopen")}),
+    )  # fmt: skip
+    assert submit.returncode == 0, submit.stderr
+    job_id = submit.stdout.strip().split(";")[0]
+    try:
+        # The early signal: once the first checkpoint exists, freeze the training step, queue
+        # USR1 (Slurm's warning before the time limit) and let it go on, so the signal lands
+        # mid-run however fast this machine trains.
+        deadline = time.monotonic() + 60
+        while not (state / STATE_FILE).exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert (state / STATE_FILE).exists(), f"no checkpoint within 60 s:\n{log.read_text()}"
+        for sig in ("STOP", "USR1", "CONT"):
+            subprocess.run(["scancel", f"--signal={sig}", job_id], timeout=15, check=True)
+        # The job requeues itself; a requeued job waits for its begin time (about 2 minutes on
+        # LUMI). Once the old allocation has been cleaned up for a few seconds (starting it while
+        # slurmstepd still tears it down fails the launch), make the begin time now.
+        deadline = time.monotonic() + 60
+        while "requeueing Slurm job" not in (log.read_text() if log.exists() else ""):
+            assert time.monotonic() < deadline, f"the job did not requeue:\n{log.read_text()}"
+            time.sleep(0.2)
+        deadline, pending_since, released = time.monotonic() + 90, None, False
+        while (state_now := _squeue_state(job_id)) not in ("", "COMPLETED"):
+            assert time.monotonic() < deadline, f"job {job_id}: {state_now}"
+            if state_now == "PENDING" and not released:
+                pending_since = pending_since or time.monotonic()
+                if time.monotonic() - pending_since > 5:
+                    subprocess.run(
+                        ["scontrol", "update", f"JobId={job_id}", "StartTime=now"],
+                        capture_output=True, timeout=15,
+                    )  # fmt: skip
+                    released = True
+            time.sleep(0.5)
+    finally:
+        subprocess.run(["scancel", job_id], capture_output=True, timeout=15)
+
+    # Slurm: two allocations of the one job, the first requeued, the second completed.
+    allocations: list[dict[str, str]] = []
+    for _ in range(20):  # the final record reaches slurmdbd a moment after the job ends
+        allocations = _sacct_allocations(job_id)
+        if [a["State"] for a in allocations][-1:] == ["COMPLETED"]:
+            break
+        time.sleep(1)
+    states = [a["State"] for a in allocations]
+    assert states == ["REQUEUED", "COMPLETED"], allocations
+    # The stage log (appended by the requeue script) keeps both allocations' parts.
+    text = log.read_text()
+    saved = re.search(r"SIGUSR1 received; state saved at step (\d+)", text)
+    assert saved, text
+    step = int(saved.group(1))
+    assert 0 < step < _REQUEUE_STEPS
+    assert f"finetune: requeueing Slurm job {job_id} to resume" in text
+    assert re.search(rf"resumed finetune from \S+ at step {step}\b", text), text
+
+    # ... and the same result as the uninterrupted run: metrics (timing aside) and weights.
+    def rows(path: Path) -> list[dict[str, Any]]:
+        return [
+            {k: v for k, v in r.items() if k not in _REQUEUE_TIMING} for r in read_metrics(path)
+        ]
+
+    assert rows(out / "metrics.csv") == rows(tmp_path / "ref" / "metrics.csv")
+    got = read_checkpoint(out / "final.ckpt").state_dict
+    want = read_checkpoint(tmp_path / "ref" / "final.ckpt").state_dict
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)

@@ -125,8 +125,9 @@ def expected_counts(variants: int, *, train_baseline: bool = True) -> dict[str, 
     if not train_baseline:
         del counts["train_baseline"]
     counts.update({rule: variants for rule in VARIANT_RULES})
-    # data, wind_order, baseline and report scopes; the baseline scope only when it is trained
-    counts.update(resolve_shared_config=4 if train_baseline else 3, report=1, all=1)
+    # data, wind_order, network, baseline and report scopes; baseline only when it is trained
+    counts.update(resolve_shared_config=5 if train_baseline else 4, report=1, all=1)
+    counts["check_network"] = 1  # one network gate before every validate_short
     counts["rehearse_report"] = 1  # one gate over every variant, before any fine-tune
     counts["check_budget"] = 1  # one budget gate before all the fine-tunes
     return counts
@@ -161,8 +162,12 @@ def test_two_variant_dag_and_each_audit_expects_its_keys(
     result = run_snakemake(tmp_path, cfg_path, "--dry-run", "--printshellcmds")
     assert result.returncode == 0, result.stdout
     assert job_counts(result.stdout) == expected_counts(3)
-    # Locally no launcher: one process, world size 1.
-    assert re.search(r"Shell command: .*; aqnet finetune .* --world-size 1 ", result.stdout)
+    # Locally no launcher: one process, world size 1 (behind the fine-tune's requeue script).
+    assert re.search(
+        r"Shell command: .*; bash \S+/workflow/scripts/requeue_on_tempfail\.sh "
+        r"logs/finetune/default\.log -- aqnet finetune .* --world-size 1 ",
+        result.stdout,
+    )
     assert "srun" not in result.stdout
     for variant in TWO_VARIANTS:
         config = f"results/variants/{variant}/config.yaml"
@@ -231,7 +236,9 @@ def test_until_validate_short_stops_before_the_expensive_stages(
     counts = job_counts(result.stdout)
     assert counts["validate_short"] == 2 and counts["smoke_forward"] == 2
     assert not {"finetune", "evaluate", "report", "all"} & set(counts)
-    assert counts["resolve_shared_config"] == 3  # data, wind_order and baseline, not the report's
+    # data, wind_order, network and baseline, not the report's
+    assert counts["resolve_shared_config"] == 4
+    assert counts["check_network"] == 1
 
 
 def test_given_baseline_checkpoint_skips_train_baseline(
@@ -346,3 +353,30 @@ def test_resolved_config_rewritten_only_when_it_changes(
     dry = run_snakemake(tmp_path, write_config(tmp_path, cfg), "--dry-run", *shared)
     assert dry.returncode == 0 and job_counts(dry.stdout) == {}, dry.stdout
     assert [(tmp_path / f).stat().st_mtime_ns for f in shared] == before
+
+
+def test_a_failed_network_check_stops_before_validate_short(
+    tmp_path: Path, tiny_config: dict[str, Any]
+) -> None:
+    """check_network is a gate of every validate_short (so of every fine-tune); a failure prints
+    its one-line reason and where the report is kept."""
+    cfg = workflow_config(tiny_config)
+    cfg_path = write_config(tmp_path, cfg)
+    plan = run_snakemake(tmp_path, cfg_path, "--dry-run", "--until", "validate_short")
+    assert plan.returncode == 0, plan.stdout
+    short = re.search(r"rule validate_short:\n\s+input: ([^\n]+)", plan.stdout)
+    assert short and "results/gates/check_network.json" in short.group(1), plan.stdout
+
+    # nccl asked for on a CPU-only machine: the check refuses before anything is measured.
+    cfg["finetune"]["backend"] = "nccl"
+    cfg_path = write_config(tmp_path, cfg)
+    result = run_snakemake(tmp_path, cfg_path, "check_network")
+    assert result.returncode != 0
+    assert (
+        "check_network: FAIL - train.backend is 'nccl' but this rank runs on the CPU"
+        in result.stdout
+    ), result.stdout
+    assert "check_network failed: report kept at logs/check_network.json" in result.stdout
+    report = json.loads((tmp_path / "logs" / "check_network.json").read_text())
+    assert report["passed"] is False and "nccl" in report["reason"]
+    assert not (tmp_path / "results" / "gates" / "check_network.json").exists()

@@ -11,7 +11,8 @@
 #   --container SIF   the Singularity/Apptainer image with PyTorch for ROCm; `none` runs the
 #                     command on the host (the localhost Slurm test, which has no container)
 #   --bind LIST       comma-separated bind mounts into the container (the file systems the data,
-#                     the checkpoints, the clone and the venv live on)
+#                     the checkpoints, the clone and the venv live on); LUMI's minimal bindings
+#                     for RCCL (below) are added to it
 #   --venv DIR        a virtual environment, created inside the container on top of its PyTorch,
 #                     that holds aqnet (`pip install -e .`); activated inside the container
 #
@@ -29,6 +30,16 @@
 #   NCCL_NET_GDR_LEVEL          GPU-direct RDMA between GCD and NIC (LUMI's recommendation)
 #   CXI_FORK_SAFE(_HP),         libfabric (CXI) stays correct when DataLoader workers fork
 #   FI_CXI_DISABLE_CQ_HUGETLB
+#
+# Inside a container it also binds LUMI's "minimal bindings" for RCCL over Slingshot, as LUMI's
+# PyTorch page lists them (https://lumi-supercomputer.github.io/LUMI-EasyBuild-docs/p/PyTorch/,
+# "Direct access"; the same list is on the jax page): /var/spool/slurmd (Slurm's per-job files),
+# /opt/cray (the Cray libfabric the aws-ofi-rccl plugin loads, and the PE) and
+# /usr/lib64/libcxi.so.1 (the host's Slingshot 11 library). Without them RCCL quietly falls back
+# to TCP sockets; the check_network stage catches that. AQNET_LUMI_BINDS (comma-separated)
+# replaces the list, since LUMI says it may change after a system update; a listed path missing on
+# the host is skipped with a warning. The images LUMI provides carry the aws-ofi-rccl plugin
+# themselves: an image from elsewhere needs it installed against LUMI's libfabric.
 #
 # The command is exec'ed (also inside the container), so Slurm's signals -- the profile's
 # --signal=USR1@600 before the time limit -- reach the training process itself.
@@ -116,6 +127,15 @@ inner='if [ -n "${WITH_CONDA:-}" ]; then eval "$WITH_CONDA"; fi
 if [ -n "$AQNET_VENV" ]; then source "$AQNET_VENV/bin/activate"; fi
 exec "$@"'
 export AQNET_VENV=$venv
+IFS=, read -r -a system_binds <<<"${AQNET_LUMI_BINDS-/var/spool/slurmd,/opt/cray,/usr/lib64/libcxi.so.1}"
+for path in "${system_binds[@]}"; do
+  [ -n "$path" ] || continue
+  if [ -e "$path" ]; then
+    bind=${bind:+$bind,}$path
+  else
+    echo "rank.sh: warning: $path (LUMI's minimal bindings for RCCL) is not on this host; not bound" >&2
+  fi
+done
 bind_args=()
 if [ -n "$bind" ]; then bind_args=(--bind "$bind"); fi
 exec "$runner" exec "${bind_args[@]}" "$container" bash -c "$inner" rank.sh "$@"

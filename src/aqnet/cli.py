@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "verify-wind-order": ("aqnet.gates.cli", "verify_wind_order", "gate: scan orders = reference"),
     "audit-checkpoint": ("aqnet.gates.cli", "audit_checkpoint", "gate: checkpoint keys audit"),
     "smoke-forward": ("aqnet.gates.cli", "smoke_forward", "gate: one real batch, shapes, loss"),
+    "check-network": ("aqnet.train.cli", "check_network", "gate: 2-node all-reduce, RCCL network"),
     "validate-short": ("aqnet.train.cli", "validate_short", "gate: 1-node short run, cost"),
     "rehearse-report": ("aqnet.gates.cli", "rehearse_report", "gate: evaluate + report, early"),
     "finetune": ("aqnet.train.cli", "finetune", "the full data-parallel fine-tune (resumable)"),

@@ -56,6 +56,8 @@ SHARED_SCOPES: dict[str, tuple[str, ...]] = {
     ),
     # verify_wind_order (in wind_scan reference mode it recomputes the validation samples' orders)
     "wind_order": ("results_dir", "data", "grid", "lead_times_h", "model", "validation"),
+    # check_network (the model's gradient size, the fine-tune's backend, device and timeout)
+    "network": ("results_dir", "grid", "lead_times_h", "model", "finetune", "launch"),
     # report (everything but the variants: it is given their folders)
     "report": (
         "results_dir",
@@ -85,6 +87,7 @@ BEFORE_FINETUNE = frozenset(
         "verify_wind_order",
         "audit_checkpoint",
         "smoke_forward",
+        "check_network",
         "validate_short",
     }
 )

@@ -5,7 +5,7 @@ LUMI profile with exactly these keys changed (:data:`SCALED_KEYS` lists them, an
 :func:`changed_keys` lets the test check that nothing else moved):
 
 * **sizes** - the fine-tune's ``nodes`` (50 -> 2) and every ranked stage's ``tasks_per_node``
-  (8 -> 2): 2 nodes x 2 ranks instead of 50 x 8;
+  (8 -> 2): 2 nodes x 2 ranks instead of 50 x 8 (check_network keeps LUMI's 2 nodes);
 * **account** - ``slurm_account`` becomes the account ``.ci/slurm.sh`` registers;
 * **container** - ``rank_wrapper`` keeps ``profiles/lumi/rank.sh`` (the same per-rank environment)
   but with ``--container none`` and the test's virtual environment, as an absolute path because
@@ -44,7 +44,7 @@ RANK_WRAPPER = REPO / "profiles" / "lumi" / "rank.sh"
 CI_ACCOUNT = "project_465000001"
 """The account ``.ci/slurm.sh`` registers (``CI_SLURM_ACCOUNTS``)."""
 
-RANKED_RULES: tuple[str, ...] = ("validate_short", "finetune")
+RANKED_RULES: tuple[str, ...] = ("check_network", "validate_short", "finetune")
 """The rules the LUMI profile starts with ``srun`` (resource ``mpi``)."""
 
 SCALED_KEYS: frozenset[str] = frozenset(

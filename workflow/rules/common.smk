@@ -42,6 +42,13 @@ PLAN = _plan.Plan(CFG)
 VARIANTS = PLAN.variants
 SHARED = _plan.SHARED
 ENV = "../../envs/aqnet.yaml"
+# The fine-tune's self-requeue after USR1 (a shell script, so tests/test_slurm.py runs it too).
+REQUEUE_SCRIPT = str(
+    Path(workflow.main_snakefile).parent
+    / "workflow"
+    / "scripts"
+    / "requeue_on_tempfail.sh"
+)
 
 
 wildcard_constraints:

@@ -4,12 +4,53 @@
 # state_dir in common.smk) and is not a declared output, so Snakemake never deletes it.
 
 
+# The network between nodes, once per run, before any validate_short or fine-tune: 2 whole nodes
+# under the fine-tune's srun line (profiles/lumi), an all-reduce of the model's gradient size with
+# RCCL's debug output on, and the Slingshot (cxi) provider required in it (aqnet.train.network).
+# A separate 2-node stage costs 2 nodes for a few minutes once; validate_short on 2 nodes would
+# double every variant's and seed's short run instead. Each rank's RCCL debug file is appended
+# to the stage log.
+rule check_network:
+    input:
+        config=expand(rules.resolve_shared_config.output.config, scope="network"),
+    output:
+        report=result("gates/check_network.json"),
+    log:
+        log="logs/check_network.log",
+        report="logs/check_network.json",
+    conda:
+        ENV
+    threads: 2
+    resources:
+        nodes=2,
+        tasks_per_node=CFG["launch"]["tasks_per_node"],
+        mem_mb=4000,
+        runtime=15,
+        gpu_nodes=2,
+    params:
+        launcher=launcher,
+        world_size=world_size,
+        debug_dir="logs/check_network/rccl",
+    shell:
+        # RCCL's debug output from the start of every rank (the check adds one file per rank)
+        "rm -rf {params.debug_dir}; rc=0; NCCL_DEBUG=INFO NCCL_DEBUG_SUBSYS=INIT,NET"
+        " {params.launcher}aqnet check-network"
+        " --config {input.config} --debug-dir {params.debug_dir}"
+        " --world-size {params.world_size}"
+        " --report {output.report} --report-copy {log.report} > {log.log} 2>&1 || rc=$?;"
+        ' for f in {params.debug_dir}/rccl.*.log; do if [ -e "$f" ]; then'
+        ' echo "== RCCL debug output: $f" >> {log.log}; cat "$f" >> {log.log}; fi; done;'
+        ' exit "$rc"'
+
+
 rule validate_short:
     input:
         config=rules.resolve_config.output.config,
         cache=rules.build_cache.output.meta,
         init=baseline_checkpoint(),
         smoke=rules.smoke_forward.output.report,
+        # ancient: a rerun of the network check does not make every variant's short run stale
+        network=ancient(rules.check_network.output.report),
     output:
         report=result("variants/{variant}/validate_short.json"),
         metrics=result("variants/{variant}/validate_short/metrics.csv"),
@@ -141,18 +182,15 @@ rule finetune:
         launcher=launcher,
         record_job=record_slurm_job("finetune"),
         world_size=world_size,
+        requeue=REQUEUE_SCRIPT,
     shell:
         # --expected-step-time-from: validate_short's measured step time arms the watchdog.
-        # Exit 75: SIGUSR1 came before the time limit and the state is saved. Inside a Slurm job
-        # (SLURM_JOB_ID, which the executor plugin keeps) the job requeues itself, from the batch
-        # step so that scontrol is at hand outside the container; Slurm ends this allocation, the
-        # plugin keeps waiting for the same job id, and the requeued job resumes from the state.
-        # The log is appended to, so it keeps every allocation's part.
-        "{params.record_job}rc=0; {params.launcher}aqnet finetune --config {input.config}"
-        " --cache {params.cache_dir}"
+        # Exit 75: SIGUSR1 came before the time limit and the state is saved; inside a Slurm job
+        # the requeue script (workflow/scripts/requeue_on_tempfail.sh, which appends the output
+        # to the log so it keeps every allocation's part) requeues the job, the plugin keeps
+        # waiting for the same job id, and the requeued job resumes from the state.
+        "{params.record_job}bash {params.requeue} {log} -- {params.launcher}aqnet finetune"
+        " --config {input.config} --cache {params.cache_dir}"
         " --init {input.init} --out-dir {params.out_dir} --state-dir {params.state_dir}"
         " --world-size {params.world_size}"
-        " --expected-step-time-from {input.validated} >> {log} 2>&1 || rc=$?;"
-        ' if [ "$rc" -eq 75 ] && [ -n "${{SLURM_JOB_ID:-}}" ]; then'
-        ' echo "finetune: requeueing Slurm job $SLURM_JOB_ID to resume" >> {log};'
-        ' scontrol requeue "$SLURM_JOB_ID" && sleep 600; fi; exit "$rc"'
+        " --expected-step-time-from {input.validated}"

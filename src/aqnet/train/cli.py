@@ -16,6 +16,10 @@ Examples::
     # the same under torchrun on one machine
     torchrun --nproc-per-node 2 -m aqnet train --stage finetune ... --world-size 2
 
+    # the network gate on 2 nodes x 8 GCDs, as the fine-tune starts its ranks
+    srun --nodes 2 --ntasks-per-node 8 aqnet check-network --config results/config/network.yaml \\
+        --debug-dir logs/check_network/rccl --world-size 16 --report check_network.json
+
     # the short validation gate (JSON report on every outcome)
     aqnet validate-short --config ... --cache ... --init ... --out-dir .../validate_short \\
         --state-dir results/state/default/validate_short --report .../validate_short.json
@@ -44,9 +48,11 @@ from aqnet.stage import StageFailure, add_report_arguments, run_stage, setup_log
 __all__ = [
     "add_arguments_finetune",
     "add_arguments_train",
+    "add_arguments_check_network",
     "add_arguments_train_baseline",
     "add_arguments_validate_short",
     "default_world_size",
+    "run_check_network",
     "run_finetune",
     "run_train",
     "run_train_baseline",
@@ -273,3 +279,46 @@ def run_validate_short(args: argparse.Namespace) -> int:
 
 def run_finetune(args: argparse.Namespace) -> int:
     return _run(args, "finetune")
+
+
+def add_arguments_check_network(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, type=Path, help="resolved config (YAML)")
+    parser.add_argument(
+        "--debug-dir",
+        required=True,
+        type=Path,
+        help="folder of the per-rank RCCL debug files (rccl.<rank>.log, NCCL_DEBUG_FILE)",
+    )
+    parser.add_argument(
+        "--world-size",
+        type=int,
+        default=None,
+        help="expected number of ranks (nodes x tasks_per_node); another number is refused",
+    )
+    parser.add_argument("--warmup", type=int, default=3, help="untimed all-reduces (3)")
+    parser.add_argument("--iters", type=int, default=10, help="timed all-reduces (10)")
+    add_report_arguments(parser, required=True)
+
+
+def run_check_network(args: argparse.Namespace) -> int:
+    """``aqnet check-network``: the inter-node gate (:mod:`aqnet.train.network`)."""
+    from aqnet.config import load_resolved
+    from aqnet.train.network import check_network
+
+    setup_logging()
+    cfg = load_resolved(args.config)
+
+    def check(report: dict[str, Any]) -> str:
+        return check_network(
+            cfg,
+            debug_dir=args.debug_dir,
+            expected_world_size=args.world_size,
+            report=report,
+            warmup=args.warmup,
+            iters=args.iters,
+        )
+
+    rank = _launch_rank()
+    if rank == 0:
+        return run_stage("check_network", check, args.report, args.report_copy)
+    return _run_rank("check_network", rank, check)
