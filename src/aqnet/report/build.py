@@ -54,6 +54,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from aqnet.atomic import atomic_write_bytes
 from aqnet.config import seed_groups
 from aqnet.report import analysis, figures
 from aqnet.report.attribution import AttributedVerdict, judge_variants
@@ -71,7 +72,7 @@ from aqnet.report.inputs import (
 )
 from aqnet.report.seeds import pool_runs, run_means, seed_test
 from aqnet.report.usage import usage_rows
-from aqnet.stage import atomic_write_bytes, write_json
+from aqnet.stage import write_json
 
 log = logging.getLogger("aqnet.report")
 

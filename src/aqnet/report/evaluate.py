@@ -53,9 +53,9 @@ import torch
 import xarray as xr
 from torch import nn
 
+from aqnet.atomic import atomic_save
 from aqnet.config import POLLUTANTS
 from aqnet.report.analysis import BASELINE, FINETUNED, MODELS, REGION_NAMES, named_region_codes
-from aqnet.stage import atomic_save
 
 log = logging.getLogger("aqnet.report")
 

@@ -27,7 +27,7 @@
   A finished state whose outputs were written is archived and the run starts afresh (a
   deliberate rerun), as is any state with ``AQNET_FRESH=1`` (:mod:`aqnet.train.resume`); a
   failed write names the file, the free space and the last good checkpoint
-  (:func:`aqnet.stage.atomic_save`);
+  (:func:`aqnet.atomic.atomic_save`);
 * **watchdog** - with validate_short's step time, a median step time over ``watchdog.max_slowdown``
   x it saves the state and stops (:class:`~aqnet.train.watchdog.RunTooSlow`); in a multi-rank run a
   heartbeat names a dead or stuck rank within ``watchdog.peer_timeout_s`` / ``stall_timeout_s``
@@ -64,11 +64,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from aqnet.atomic import WriteFailure
 from aqnet.config import POLLUTANTS
 from aqnet.evaluation import ErrorSums
 from aqnet.losses import masked_mse
 from aqnet.model.presets import input_variables
-from aqnet.stage import StageFailure, WriteFailure, write_json
+from aqnet.stage import StageFailure, write_json
 from aqnet.train.cost import run_length
 from aqnet.train.distributed import DistContext, init_distributed
 from aqnet.train.metrics import Progress, metric_columns, write_metrics

@@ -31,7 +31,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from aqnet.stage import atomic_write_bytes
+from aqnet.atomic import atomic_write_bytes
 
 __all__ = ["Progress", "metric_columns", "read_metrics", "write_metrics"]
 

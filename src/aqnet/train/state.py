@@ -2,7 +2,7 @@
 
 One file, written atomically by rank 0 (temporary file, fsync, rename, fsync of the folder:
 a kill, a full disk or a lost write during the save leaves the previous state intact, and the
-failure names the file and the free space - :class:`aqnet.stage.WriteFailure`), holding
+failure names the file and the free space - :class:`aqnet.atomic.WriteFailure`), holding
 everything needed to continue a run exactly:
 
 =================  ============================================================================
@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from aqnet.stage import atomic_save
+from aqnet.atomic import atomic_save
 
 __all__ = [
     "STATE_FILE",
