@@ -47,6 +47,7 @@ __all__ = [
     "load_state",
     "restore_rng",
     "save_state",
+    "seed_everything",
 ]
 
 STATE_FILE = "last.pt"
@@ -55,6 +56,13 @@ STATE_FORMAT = 1
 
 class ResumeError(ValueError):
     """A resume state that cannot be used (unreadable, or written by a different run)."""
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's global and torch's generators (a run's start, before the model)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 - the global generator other code may use
+    torch.manual_seed(seed)
 
 
 def capture_rng() -> dict[str, Any]:
