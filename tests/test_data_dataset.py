@@ -19,6 +19,7 @@ from aqnet.data import (
     make_validation_loader,
     validation_indices,
 )
+from aqnet.data.dataset import batch_to_device
 
 
 @pytest.fixture(scope="module")
@@ -190,3 +191,17 @@ def test_no_xarray_in_the_hot_path(tiny_cache: Path) -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
+
+
+def test_batch_to_device_names_the_items_a_malformed_batch_lacks() -> None:
+    batch = [torch.zeros(2, 3, 4, 4), torch.zeros(2, 6, 4, 4), torch.zeros(2)]
+    with pytest.raises(
+        ValueError,
+        match=r"^evaluate: a data batch has 3 items, expected 5 "
+        r"\(x, y, lead_time_h, elevation_m, mask\)$",
+    ):
+        batch_to_device(batch, torch.device("cpu"), stage="evaluate")
+    full = [*batch, torch.zeros(2, 4, 4), torch.ones(2, 4, 4)]
+    moved = batch_to_device(full, torch.device("cpu"), stage="evaluate")
+    assert [t.shape for t in moved] == [t.shape for t in full]
+    assert all(torch.equal(a, b) for a, b in zip(moved, full, strict=True))
