@@ -114,7 +114,9 @@ def test_validation_indices_are_evenly_spaced_and_deterministic() -> None:
     assert validation_indices(5, 5) == validation_indices(5, 9) == [0, 1, 2, 3, 4]
     for n_items, n_samples in [(96, 64), (576, 64), (34656, 800), (13, 12), (3, 2)]:
         idx = validation_indices(n_items, n_samples)
-        assert idx == validation_indices(n_items, n_samples)  # no seed, no state
+        # item i is the one nearest the middle of the i-th of n_samples equal slices
+        middles = (np.arange(n_samples) + 0.5) * n_items / n_samples
+        assert np.all(np.abs(np.asarray(idx) + 0.5 - middles) <= 0.5 + 1e-9)
         assert len(idx) == len(set(idx)) == n_samples and idx == sorted(idx)
         assert idx[0] >= 0 and idx[-1] < n_items
         gaps = np.diff(idx)
