@@ -26,17 +26,11 @@ import aqnet.train.state as state_module
 from aqnet.config import dump_config, variant_config
 from aqnet.stage import StageFailure, write_json
 from aqnet.train import run_training
+from aqnet.train.heartbeat import PEER_LOST_EXIT_CODE, PeerMonitor
 from aqnet.train.metrics import read_metrics
 from aqnet.train.resume import COMPLETE_FILE, FRESH_ENV
 from aqnet.train.state import STATE_FILE, ResumeError, load_state
-from aqnet.train.watchdog import (
-    PEER_LOST_EXIT_CODE,
-    SLOW_EXIT_CODE,
-    PeerMonitor,
-    RunTooSlow,
-    StepWatchdog,
-    expected_step_time,
-)
+from aqnet.train.watchdog import SLOW_EXIT_CODE, RunTooSlow, StepWatchdog, expected_step_time
 
 STEPS = 4
 SMALL: dict[str, Any] = {

@@ -32,7 +32,7 @@
 * **watchdog** - with validate_short's step time, a median step time over ``watchdog.max_slowdown``
   x it saves the state and stops (:class:`~aqnet.train.watchdog.RunTooSlow`); in a multi-rank run a
   heartbeat names a dead or stuck rank within ``watchdog.peer_timeout_s`` / ``stall_timeout_s``
-  (:class:`~aqnet.train.watchdog.PeerLost`);
+  (:class:`~aqnet.train.heartbeat.PeerLost`);
 * **outputs** - the stage's checkpoint (and the baseline's wind orders, the fine-tune's
   ``summary.json``) by rank 0 (:mod:`aqnet.train.outputs`). The fine-tune and ``validate_short``
   start from ``init_checkpoint``, loaded only through :func:`aqnet.checkpoint.load_weights` (the
@@ -69,6 +69,7 @@ from aqnet.stage import StageFailure, write_json
 from aqnet.train.batches import STAGES, BatchPlan, plan_batches, train_section
 from aqnet.train.distributed import DistContext, init_distributed
 from aqnet.train.divergence import TrainingDiverged, batch_diagnosis, divergence_message
+from aqnet.train.heartbeat import name_lost_peer, start_heartbeat
 from aqnet.train.metrics import Progress, metric_columns, write_metrics
 from aqnet.train.optim import (
     build_optimizer,
@@ -98,7 +99,7 @@ from aqnet.train.state import (
     seed_everything,
 )
 from aqnet.train.validation import validate
-from aqnet.train.watchdog import RunTooSlow, StepWatchdog, name_lost_peer, start_heartbeat
+from aqnet.train.watchdog import RunTooSlow, StepWatchdog
 
 log = logging.getLogger("aqnet.train")
 
