@@ -351,3 +351,18 @@ def test_a_full_disk_at_a_checkpoint_names_file_space_and_the_last_good_one(
     assert load_state(last)["step"] == 2
     assert sorted(p.name for p in state_dir.iterdir()) == [STATE_FILE]
     assert _baseline(cfg, tiny_cache, tmp_path)["resumed_from"] == 2
+
+
+def test_the_watchdog_stop_names_the_slowest_rank_and_its_host() -> None:
+    dog = StepWatchdog(expected_step_time_s=1.0, window_steps=2, max_slowdown=1.5)
+    stop = dog.stop(
+        medians_s=[1.1, 2.5, 0.0],
+        hosts=["nid001", "nid002", "nid002"],
+        stage="finetune",
+        step=40,
+        state_path="/s/last.pt",
+    )
+    assert isinstance(stop, RunTooSlow) and (stop.step, stop.measured_s) == (40, 2.5)
+    assert "2.5 s (slowest rank 1 on nid002), 2.5x the 1 s validate_short measured" in str(stop)
+    single = dog.stop(medians_s=[3.0], hosts=["x"], stage="finetune", step=5, state_path="/s")
+    assert "(a single process)" in str(single) and single.expected_s == 1.0

@@ -80,8 +80,10 @@ from aqnet.train.optim import (
 from aqnet.train.outputs import hyper_parameters, median_step_time, run_summary, write_checkpoint
 from aqnet.train.requeue import REQUEUE_EXIT_CODE, RequeueRequested, usr1_flag
 from aqnet.train.resume import (
+    FINGERPRINT_SETTINGS,
     FRESH_ENV,
     archive_state,
+    check_fingerprint,
     current_job_id,
     fresh_requested,
     mark_complete,
@@ -92,7 +94,6 @@ from aqnet.train.state import (
     STATE_FILE,
     ResumeError,
     capture_rng,
-    fingerprint_differences,
     load_state,
     restore_rng,
     save_state,
@@ -399,19 +400,6 @@ class _Trainer:
         }
 
     def _fingerprint(self) -> dict[str, Any]:
-        keys = (
-            "batch_size",
-            "grad_accum",
-            "lr",
-            "lr_new",
-            "weight_decay",
-            "param_groups",
-            "warmup_steps",
-            "min_lr_ratio",
-            "grad_clip",
-            "bf16",
-            "seed",
-        )
         return {
             "stage": self.stage,
             "model_config": self.mcfg.to_dict(),
@@ -421,7 +409,7 @@ class _Trainer:
             "train_samples": len(self.train_ds),
             # best_val_loss compares passes: they must all evaluate the same subset
             "validation_samples": self.n_val,
-            **{k: self.tcfg[k] for k in keys},
+            **{k: self.tcfg[k] for k in FINGERPRINT_SETTINGS},
         }
 
     def _start_state(self, *, fresh: bool) -> dict[str, Any] | None:
@@ -457,14 +445,7 @@ class _Trainer:
         return None
 
     def _check_fingerprint(self, state: Mapping[str, Any]) -> None:
-        diffs = fingerprint_differences(state.get("fingerprint", {}), self._fingerprint())
-        if diffs:
-            listing = "; ".join(f"{k}: {a!r} (state) vs {b!r} (now)" for k, (a, b) in diffs.items())
-            raise ResumeError(
-                f"resume state {self.state_path} was written by a different run ({listing}); "
-                f"restore the settings, or start the stage afresh with {FRESH_ENV}=1 (the state "
-                "is kept under a dated name)"
-            )
+        check_fingerprint(state, self._fingerprint(), state_path=self.state_path)
 
     def _restore(self, state: Mapping[str, Any]) -> None:
         self._check_fingerprint(state)
@@ -579,24 +560,12 @@ class _Trainer:
     def _too_slow(self) -> RunTooSlow:
         """Every rank: the worst rank's median, named, in one message (after the state save)."""
         assert self.watchdog is not None  # only armed runs raise the flag
-        medians = self.ctx.all_gather_object(self.watchdog.median_s() or 0.0)
-        worst = max(range(len(medians)), key=lambda r: medians[r])
-        host = self.ctx.ranks[worst]["host"] if worst < len(self.ctx.ranks) else "?"
-        slowest = (
-            f"slowest rank {worst} on {host}" if self.ctx.world_size > 1 else "a single process"
-        )
-        message = self.watchdog.message(
+        return self.watchdog.stop(
+            medians_s=self.ctx.all_gather_object(self.watchdog.median_s() or 0.0),
+            hosts=[str(r["host"]) for r in self.ctx.ranks],
             stage=self.stage,
             step=self.step,
-            median_s=float(medians[worst]),
-            slowest=slowest,
             state_path=self.state_path,
-        )
-        return RunTooSlow(
-            message,
-            step=self.step,
-            measured_s=float(medians[worst]),
-            expected_s=self.watchdog.expected_step_time_s,
         )
 
     def _diverged(self, what: str, value: float, step: int) -> str:

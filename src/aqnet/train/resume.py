@@ -33,9 +33,11 @@ log = logging.getLogger("aqnet.train")
 
 __all__ = [
     "COMPLETE_FILE",
+    "FINGERPRINT_SETTINGS",
     "FRESH_ENV",
     "StartPlan",
     "archive_state",
+    "check_fingerprint",
     "current_job_id",
     "fresh_requested",
     "mark_complete",
@@ -46,6 +48,21 @@ COMPLETE_FILE = "complete.json"
 """Written beside ``last.pt`` once a finished run has written its outputs."""
 FRESH_ENV = "AQNET_FRESH"
 """Environment variable: ``1`` asks the training to start afresh (see the module docstring)."""
+FINGERPRINT_SETTINGS = (
+    "batch_size",
+    "grad_accum",
+    "lr",
+    "lr_new",
+    "weight_decay",
+    "param_groups",
+    "warmup_steps",
+    "min_lr_ratio",
+    "grad_clip",
+    "bf16",
+    "seed",
+)
+"""The ``train`` settings that must not change across a resume (part of the state's
+``fingerprint``, with the model, the batch layout, the schedule and the data)."""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -125,6 +142,26 @@ def plan_start(
             "resuming to write them",
         )
     return StartPlan(action="resume", state=dict(state), reason=f"resuming from step {step}")
+
+
+def check_fingerprint(
+    state: Mapping[str, Any], current: Mapping[str, Any], *, state_path: Path
+) -> None:
+    """Refuse a state written by a different run: ``state["fingerprint"]`` against ``current``.
+
+    Raises:
+        ResumeError: naming every setting that differs, the state's value and the current one.
+    """
+    from aqnet.train.state import ResumeError, fingerprint_differences
+
+    diffs = fingerprint_differences(state.get("fingerprint", {}), current)
+    if diffs:
+        listing = "; ".join(f"{k}: {a!r} (state) vs {b!r} (now)" for k, (a, b) in diffs.items())
+        raise ResumeError(
+            f"resume state {state_path} was written by a different run ({listing}); restore the "
+            f"settings, or start the stage afresh with {FRESH_ENV}=1 (the state is kept under a "
+            "dated name)"
+        )
 
 
 def _marker_step(marker: Path) -> int | None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import statistics
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from aqnet.train.heartbeat import (
@@ -114,6 +114,35 @@ class StepWatchdog:
     def tripped(self) -> bool:
         median = self.median_s()
         return median is not None and median > self.limit_s
+
+    def stop(
+        self,
+        *,
+        medians_s: Sequence[float],
+        hosts: Sequence[str],
+        stage: str,
+        step: int,
+        state_path: Any,
+    ) -> RunTooSlow:
+        """The stop of every rank, naming the rank with the worst median.
+
+        Args:
+            medians_s: each rank's :meth:`median_s` (index = rank; 0 where not yet known).
+            hosts: each rank's host (index = rank), for the message.
+            stage, step, state_path: where the run stopped and its saved state.
+        """
+        worst = max(range(len(medians_s)), key=lambda r: medians_s[r])
+        host = hosts[worst] if worst < len(hosts) else "?"
+        slowest = f"slowest rank {worst} on {host}" if len(medians_s) > 1 else "a single process"
+        median_s = float(medians_s[worst])
+        return RunTooSlow(
+            self.message(
+                stage=stage, step=step, median_s=median_s, slowest=slowest, state_path=state_path
+            ),
+            step=step,
+            measured_s=median_s,
+            expected_s=self.expected_step_time_s,
+        )
 
     def message(
         self, *, stage: str, step: int, median_s: float, slowest: str, state_path: Any
