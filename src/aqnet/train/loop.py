@@ -104,6 +104,7 @@ from aqnet.train.watchdog import RunTooSlow, StepWatchdog
 
 log = logging.getLogger("aqnet.train")
 
+# The batch planning, requeue and divergence names stay importable from here.
 __all__ = [
     "REQUEUE_EXIT_CODE",
     "STAGES",
