@@ -82,19 +82,17 @@ from aqnet.train.requeue import REQUEUE_EXIT_CODE, RequeueRequested, usr1_flag
 from aqnet.train.resume import (
     FINGERPRINT_SETTINGS,
     FRESH_ENV,
-    archive_state,
     check_fingerprint,
     current_job_id,
     fresh_requested,
     mark_complete,
-    plan_start,
+    start_state,
 )
 from aqnet.train.sampling import ResumableDistributedSampler
 from aqnet.train.state import (
     STATE_FILE,
     ResumeError,
     capture_rng,
-    load_state,
     restore_rng,
     save_state,
     seed_everything,
@@ -415,35 +413,15 @@ class _Trainer:
 
     def _start_state(self, *, fresh: bool) -> dict[str, Any] | None:
         """The state to resume from, or ``None`` after archiving it for a fresh start."""
-        try:
-            state = load_state(self.state_path)
-        except ResumeError:
-            if not fresh:
-                raise
-            state = {"step": -1}  # unreadable, archived below
-        plan = plan_start(
-            state,
-            self.state_path.parent,
+        return start_state(
+            self.state_path,
+            stage=self.stage,
             run_steps=self.plan.run_steps,
             fresh=fresh,
-            job_id=current_job_id(),
+            fingerprint=self._fingerprint(),
+            barrier=self.ctx.barrier,
+            is_main=self.ctx.is_main,
         )
-        if plan.action == "resume":
-            return plan.state
-        if plan.action == "fresh":
-            if not fresh and state is not None:
-                self._check_fingerprint(state)  # other settings: refused, whatever the step
-            self.ctx.barrier()  # every rank has read the state before it moves
-            if self.ctx.is_main:
-                moved = archive_state(self.state_path.parent)
-                log.info(
-                    "%s starts afresh: %s (%s)",
-                    self.stage,
-                    plan.reason,
-                    ", ".join(str(p) for p in moved),
-                )
-            self.ctx.barrier()
-        return None
 
     def _check_fingerprint(self, state: Mapping[str, Any]) -> None:
         check_fingerprint(state, self._fingerprint(), state_path=self.state_path)
