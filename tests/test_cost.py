@@ -291,3 +291,24 @@ def test_check_budget_report_is_json_with_the_projection(tmp_path: Path, lumi_cf
     budget_gate({"default": lumi_cfg}, reports={}, meta=meta, report=report)
     text = json.dumps(report)  # plain types only
     assert json.loads(text)["projection"]["start_times"] == 800
+
+
+def test_project_cost_numbers() -> None:
+    import math
+
+    from aqnet.train.cost import project_cost, validation_passes
+
+    cost = project_cost(2.0, steps=270, nodes=50, gpu_hours_per_node_hour=4.0)
+    assert cost["wall_time_s"] == 540.0
+    assert cost["node_hours"] == pytest.approx(7.5)
+    assert cost["gpu_hours"] == pytest.approx(30.0)
+    with_val = project_cost(
+        2.0, steps=270, nodes=50, gpu_hours_per_node_hour=4.0, val_time_s=36.0, val_passes=13
+    )
+    assert with_val["wall_time_s"] == pytest.approx(540.0 + 13 * 36.0)
+    assert validation_passes(270, 25) == 1 + 10 + 1
+    assert validation_passes(250, 25) == 1 + 10
+    with pytest.raises(ValueError, match="nodes"):
+        project_cost(1.0, steps=1, nodes=0, gpu_hours_per_node_hour=4.0)
+    with pytest.raises(ValueError, match="step_time_s"):
+        project_cost(math.nan, steps=1, nodes=1, gpu_hours_per_node_hour=4.0)

@@ -19,6 +19,7 @@ from aqnet.data import (
     make_validation_loader,
     validation_indices,
 )
+from aqnet.data.dataset import batch_to_device
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +114,9 @@ def test_validation_indices_are_evenly_spaced_and_deterministic() -> None:
     assert validation_indices(5, 5) == validation_indices(5, 9) == [0, 1, 2, 3, 4]
     for n_items, n_samples in [(96, 64), (576, 64), (34656, 800), (13, 12), (3, 2)]:
         idx = validation_indices(n_items, n_samples)
-        assert idx == validation_indices(n_items, n_samples)  # no seed, no state
+        # item i is the one nearest the middle of the i-th of n_samples equal slices
+        middles = (np.arange(n_samples) + 0.5) * n_items / n_samples
+        assert np.all(np.abs(np.asarray(idx) + 0.5 - middles) <= 0.5 + 1e-9)
         assert len(idx) == len(set(idx)) == n_samples and idx == sorted(idx)
         assert idx[0] >= 0 and idx[-1] < n_items
         gaps = np.diff(idx)
@@ -190,3 +193,17 @@ def test_no_xarray_in_the_hot_path(tiny_cache: Path) -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
+
+
+def test_batch_to_device_names_the_items_a_malformed_batch_lacks() -> None:
+    batch = [torch.zeros(2, 3, 4, 4), torch.zeros(2, 6, 4, 4), torch.zeros(2)]
+    with pytest.raises(
+        ValueError,
+        match=r"^evaluate: a data batch has 3 items, expected 5 "
+        r"\(x, y, lead_time_h, elevation_m, mask\)$",
+    ):
+        batch_to_device(batch, torch.device("cpu"), stage="evaluate")
+    full = [*batch, torch.zeros(2, 4, 4), torch.ones(2, 4, 4)]
+    moved = batch_to_device(full, torch.device("cpu"), stage="evaluate")
+    assert [t.shape for t in moved] == [t.shape for t in full]
+    assert all(torch.equal(a, b) for a, b in zip(moved, full, strict=True))

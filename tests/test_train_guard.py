@@ -12,7 +12,6 @@ import errno
 import os
 import signal
 import socket
-import stat
 import subprocess
 import sys
 import time
@@ -25,19 +24,13 @@ import torch
 import aqnet.train.loop as loop_module
 import aqnet.train.state as state_module
 from aqnet.config import config_digest, dump_config, load_resolved, variant_config
-from aqnet.stage import StageFailure, WriteFailure, atomic_save, atomic_write_bytes, write_json
+from aqnet.stage import StageFailure, write_json
 from aqnet.train import run_training
+from aqnet.train.heartbeat import PEER_LOST_EXIT_CODE, PeerMonitor
 from aqnet.train.metrics import read_metrics
 from aqnet.train.resume import COMPLETE_FILE, FRESH_ENV
 from aqnet.train.state import STATE_FILE, ResumeError, load_state
-from aqnet.train.watchdog import (
-    PEER_LOST_EXIT_CODE,
-    SLOW_EXIT_CODE,
-    PeerMonitor,
-    RunTooSlow,
-    StepWatchdog,
-    expected_step_time,
-)
+from aqnet.train.watchdog import SLOW_EXIT_CODE, RunTooSlow, StepWatchdog, expected_step_time
 
 STEPS = 4
 SMALL: dict[str, Any] = {
@@ -390,35 +383,16 @@ def test_a_full_disk_at_a_checkpoint_names_file_space_and_the_last_good_one(
     assert _baseline(cfg, tiny_cache, tmp_path)["resumed_from"] == 2
 
 
-def test_atomic_writes_fsync_the_file_and_its_folder(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    synced: list[str] = []
-    real_fsync = os.fsync
-
-    def recording_fsync(fd: int) -> None:
-        synced.append("dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file")
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", recording_fsync)
-    atomic_write_bytes(tmp_path / "a.json", b"{}")
-    assert synced == ["file", "dir"]
-    synced.clear()
-    atomic_save(lambda tmp: torch.save({"x": torch.ones(2)}, tmp), tmp_path / "b.pt")
-    assert synced == ["file", "dir"]
-    assert torch.equal(torch.load(tmp_path / "b.pt")["x"], torch.ones(2))
-
-
-def test_a_short_write_reported_by_torch_becomes_a_readable_failure(tmp_path: Path) -> None:
-    target = tmp_path / "final.ckpt"
-
-    def short_write(tmp: Path) -> None:
-        tmp.write_bytes(b"z" * 100)
-        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
-
-    with pytest.raises(WriteFailure) as err:
-        atomic_save(short_write, target)
-    msg = str(err.value)
-    assert msg.startswith(f"could not write {target}: RuntimeError: [enforce fail")
-    assert "after 100 B written" in msg and "no earlier final.ckpt exists" in msg
-    assert isinstance(err.value, OSError) and list(tmp_path.iterdir()) == []
+def test_the_watchdog_stop_names_the_slowest_rank_and_its_host() -> None:
+    dog = StepWatchdog(expected_step_time_s=1.0, window_steps=2, max_slowdown=1.5)
+    stop = dog.stop(
+        medians_s=[1.1, 2.5, 0.0],
+        hosts=["nid001", "nid002", "nid002"],
+        stage="finetune",
+        step=40,
+        state_path="/s/last.pt",
+    )
+    assert isinstance(stop, RunTooSlow) and (stop.step, stop.measured_s) == (40, 2.5)
+    assert "2.5 s (slowest rank 1 on nid002), 2.5x the 1 s validate_short measured" in str(stop)
+    single = dog.stop(medians_s=[3.0], hosts=["x"], stage="finetune", step=5, state_path="/s")
+    assert "(a single process)" in str(single) and single.expected_s == 1.0

@@ -1,6 +1,6 @@
 """The one masked evaluation pass: squared-error sums by lead time and pollutant.
 
-Training validation (:meth:`aqnet.train.loop.Trainer._validate`), the smoke gate
+Training validation (:func:`aqnet.train.validation.validate`), the smoke gate
 (:func:`aqnet.gates.smoke.smoke_forward`) and the evaluation of the report
 (:func:`aqnet.report.evaluate.evaluate`) all score predictions through :class:`ErrorSums`, so the
 gate's promise that the fine-tune's first validation equals the baseline's to float error, and

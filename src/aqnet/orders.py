@@ -121,7 +121,7 @@ def save_orders(
     compress: bool = True,
 ) -> str:
     """Write orders to an ``.npz`` (no pickle) with their params and digest; return the digest."""
-    from aqnet.stage import atomic_save
+    from aqnet.atomic import atomic_save
 
     digest = orders_digest(orders, params)
     arrays = {f"order_{mode}": np.asarray(arr, dtype=np.int64) for mode, arr in orders.items()}

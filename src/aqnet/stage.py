@@ -1,5 +1,6 @@
-"""What every stage shares: atomic writes, JSON reports written on every outcome, the one-line
-verdict, and the exception type that turns a failed check into a readable message.
+"""What every stage shares: JSON reports written on every outcome, the one-line verdict, and the
+exception type that turns a failed check into a readable message (the atomic writes under them
+are :mod:`aqnet.atomic`).
 
 A stage's CLI looks like::
 
@@ -15,14 +16,10 @@ The report is written to every path given, on success and on failure, and the ve
 from __future__ import annotations
 
 import datetime as _dt
-import errno
 import json
 import logging
 import math
-import os
-import shutil
 import sys
-import tempfile
 import traceback
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -30,124 +27,29 @@ from typing import Any
 
 log = logging.getLogger("aqnet")
 
+_MOVED_TO_ATOMIC = frozenset(
+    {
+        "WriteFailure",
+        "atomic_save",
+        "atomic_write_bytes",
+        "describe_write_failure",
+        "fsync_dir",
+        "fsync_file",
+    }
+)
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
+def __getattr__(name: str) -> Any:
+    """The atomic writes moved to :mod:`aqnet.atomic`; their old import path still works."""
+    if name in _MOVED_TO_ATOMIC:
+        import aqnet.atomic
 
-_FILE_MODE = 0o666 & ~_umask()  # what open() would give; mkstemp alone gives 0600
+        return getattr(aqnet.atomic, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class StageFailure(Exception):
     """A check failed; the message is the one-line reason shown to the user."""
-
-
-class WriteFailure(StageFailure, OSError):
-    """An atomic write failed (full disk, lost write, quota); ``path`` is left as it was.
-
-    The message names the file, the error, the free space of its folder and whether an earlier
-    version of the file is still there.
-    """
-
-    def __init__(self, message: str, *, path: Path, errno_code: int | None) -> None:
-        StageFailure.__init__(self, message)
-        self.path = path
-        self.errno_code = errno_code
-
-    def __str__(self) -> str:
-        return str(self.args[0])
-
-
-def _size(n_bytes: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n_bytes) < 1024 or unit == "TiB":
-            return f"{n_bytes:.0f} {unit}" if unit == "B" else f"{n_bytes:.1f} {unit}"
-        n_bytes /= 1024
-    raise AssertionError("unreachable")
-
-
-def describe_write_failure(path: Path, exc: BaseException, *, written_bytes: int | None) -> str:
-    """One readable line for a failed write of ``path``: the error, the bytes written before it,
-    the free space of the folder, and what is left at ``path``."""
-    code = getattr(exc, "errno", None)
-    name = errno.errorcode.get(code, "") if isinstance(code, int) else ""
-    reason = f"{os.strerror(code)} ({name})" if name else f"{type(exc).__name__}: {exc}"
-    try:
-        usage = shutil.disk_usage(path.parent)
-        space = f"{_size(usage.free)} free of {_size(usage.total)} on {path.parent}"
-    except OSError as du_exc:
-        space = f"free space of {path.parent} unknown ({du_exc.strerror or du_exc})"
-    done = f" after {_size(written_bytes)} written" if written_bytes else ""
-    if path.exists():
-        stamp = _dt.datetime.fromtimestamp(path.stat().st_mtime, _dt.UTC)
-        kept = f"the previous {path.name} (written {stamp.isoformat(timespec='seconds')}) is intact"
-    else:
-        kept = f"no earlier {path.name} exists"
-    return f"could not write {path}: {reason}{done}; {space}; {kept}"
-
-
-def fsync_dir(folder: str | Path) -> None:
-    """Flush ``folder``'s entries (a rename inside it) to disk; a no-op where folders cannot be
-    opened (Windows)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some file systems refuse fsync on a folder; the file itself is synced
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename.
-
-    The file is fsynced before the rename and the folder after it, so after a crash ``path``
-    holds either the old bytes or the new ones.
-    """
-    atomic_save(lambda tmp: tmp.write_bytes(data), path)
-
-
-def atomic_save(save_fn: Callable[[Path], None], path: str | Path) -> None:
-    """Call ``save_fn(tmp_path)``, fsync it, rename it to ``path`` and fsync the folder.
-
-    ``save_fn`` writes a temporary file in ``path``'s folder (e.g. ``torch.save``); whatever it
-    raises leaves ``path`` as it was and removes the temporary file.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_fn(Path(tmp))
-        fsync_file(tmp)
-        os.chmod(tmp, _FILE_MODE)
-        os.replace(tmp, path)
-    except (OSError, RuntimeError) as exc:
-        # torch.save to a path reports a short write as RuntimeError ("unexpected pos")
-        written = Path(tmp).stat().st_size if Path(tmp).exists() else None
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, WriteFailure):
-            raise
-        message = describe_write_failure(path, exc, written_bytes=written)
-        raise WriteFailure(message, path=path, errno_code=getattr(exc, "errno", None)) from exc
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-
-
-def fsync_file(path: str | Path) -> None:
-    """Flush ``path``'s data to disk (``save_fn`` may have closed it without syncing)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _jsonable(obj: Any) -> Any:
@@ -168,6 +70,8 @@ def _jsonable(obj: Any) -> Any:
 
 def write_json(path: str | Path, obj: Any) -> None:
     """Atomically write ``obj`` as JSON (NaN/inf as strings, numpy/torch scalars as numbers)."""
+    from aqnet.atomic import atomic_write_bytes  # aqnet.atomic builds on StageFailure
+
     atomic_write_bytes(path, (json.dumps(_jsonable(obj), indent=2) + "\n").encode())
 
 

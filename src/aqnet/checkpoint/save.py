@@ -9,8 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from aqnet.atomic import atomic_save
 from aqnet.checkpoint.load import model_config_dict, unwrap_model
-from aqnet.stage import atomic_save
 
 LIGHTNING_VERSION = "2.4.0"
 """The ``pytorch-lightning_version`` written by :func:`save_lightning_checkpoint`."""

@@ -48,6 +48,7 @@ import numpy as np
 import xarray as xr
 
 from aqnet import __version__
+from aqnet.atomic import current_umask
 from aqnet.config import INPUT_VARIABLES, MODEL_VARIABLES
 from aqnet.data.io import (
     NAN_FILL_METHOD,
@@ -207,15 +208,9 @@ def _normalise_in_place(path: Path, mean: np.ndarray, std: np.ndarray, *, chunk_
     del arr
 
 
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def _open_permissions(folder: Path) -> None:
     """Give the folder and its files the usual umask modes (temp files are created private)."""
-    umask = _current_umask()
+    umask = current_umask()
     folder.chmod(0o777 & ~umask)
     for path in folder.iterdir():
         path.chmod(0o666 & ~umask)

@@ -25,7 +25,7 @@ depends neither on the number of ranks nor on the batch size.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,8 @@ from aqnet.config import POLLUTANTS
 from aqnet.data.layout import load_static, load_stats, read_meta, year_file
 
 Sample = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+BATCH_ITEMS = ("x", "y", "lead_time_h", "elevation_m", "mask")
+"""The items of a sample and of a batch, in order."""
 
 
 class CacheDataset(Dataset):
@@ -189,6 +191,28 @@ class CacheDataset(Dataset):
             self.elevation_m,
             self.mask,
         )
+
+
+def batch_to_device(
+    batch: Iterable[torch.Tensor],
+    device: torch.device,
+    *,
+    stage: str,
+    non_blocking: bool = False,
+) -> list[torch.Tensor]:
+    """A batch of :class:`CacheDataset` items on ``device``: ``[x (B, V, H, W), y (B, n_out, H,
+    W), lead_time_h (B,), elevation_m (B, H, W), mask (B, H, W)]``.
+
+    Raises:
+        ValueError: the batch does not hold the five items (``stage`` names who asked).
+    """
+    items = list(batch)
+    if len(items) != len(BATCH_ITEMS):
+        raise ValueError(
+            f"{stage}: a data batch has {len(items)} items, expected {len(BATCH_ITEMS)} "
+            f"({', '.join(BATCH_ITEMS)})"
+        )
+    return [t.to(device, non_blocking=non_blocking) for t in items]
 
 
 def make_loader(

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from aqnet.data.dataset import batch_to_device
 from aqnet.evaluation import ErrorSums
 
 CANDIDATES: tuple[str, ...] = ("reference", "off", "global", "regional")
@@ -77,7 +78,7 @@ def evaluate_scan_orders(
             device=device,
         )
         for batch in batches:
-            x, y, lead, elev, mask = (t.to(device) for t in batch)
+            x, y, lead, elev, mask = batch_to_device(batch, device, stage="smoke_forward")
             sums.add(model(x, lead, elev).float(), y, mask, lead)  # pred: (B, n_out, H, W)
         val_loss = sums.loss()
         rel = (val_loss - baseline_val_loss) / max(abs(baseline_val_loss), 1e-12)

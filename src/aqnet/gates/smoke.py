@@ -40,6 +40,8 @@ import torch
 from torch import nn
 
 from aqnet.checkpoint import CheckpointError, load_weights
+from aqnet.data.dataset import batch_to_device
+from aqnet.device import resolve_device
 from aqnet.evaluation import ErrorSums
 from aqnet.gates.audit import build_model, expected_missing_keys
 from aqnet.gates.wind_order import ORDERS_FILE
@@ -48,28 +50,6 @@ from aqnet.stage import StageFailure
 
 SEED = 0
 """Seed of the smoke run's model construction (every weight is then loaded from the checkpoint)."""
-
-
-def resolve_device(device: str) -> torch.device:
-    """``"auto"`` -> ``cuda`` when a GPU is visible (ROCm included), else ``cpu``."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise ValueError(f"smoke_forward: unknown device {device!r} (auto, cpu, cuda, cuda:<i>)")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"smoke_forward: device {device!r} requested but no GPU is visible")
-    return torch.device(device)
-
-
-def _unpack(batch: Iterable[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
-    """``(x, y, lead_time_h, elevation_m, mask)`` of a :class:`CacheDataset` batch on ``device``."""
-    items = list(batch)
-    if len(items) != 5:
-        raise StageFailure(
-            f"smoke_forward: a data batch has {len(items)} items, expected 5 "
-            "(x, y, lead_time_h, elevation_m, mask)"
-        )
-    return [t.to(device) for t in items]
 
 
 def _rel(a: float, b: float) -> float:
@@ -200,7 +180,7 @@ def smoke_forward(
             "smoke_forward: the baseline's validation loss is not recorded (set baseline.val_loss "
             "in the config or use a checkpoint that records it), so the weights cannot be checked"
         )
-    dev = resolve_device(device)
+    dev = resolve_device(device, stage="smoke_forward")
     report.update(
         checkpoint=str(checkpoint),
         cache=str(cache_dir),
@@ -259,7 +239,7 @@ def smoke_forward(
     t0 = time.perf_counter()
     with torch.no_grad():
         for i, batch in enumerate(loader):
-            x, y, lead, elev, mask = _unpack(batch, dev)
+            x, y, lead, elev, mask = batch_to_device(batch, dev, stage="smoke_forward")
             shapes: dict[str, Any] | None = None
             if i == 0:
                 report["batch_shapes"] = {

@@ -33,6 +33,9 @@ The verdicts (:mod:`aqnet.report.attribution`) are computed on the evaluations o
 is chosen on the validation year (lowest final val_loss of the fine-tune's monitoring), never on
 the samples it is then judged on.
 
+The pages (``summary.md``, ``summary.html``, ``rmse_table.html``) are rendered by
+:mod:`aqnet.report.page`; this module assembles what they show.
+
 The baseline's recorded val_loss (for the training figure) is, in this order:
 ``baseline.val_loss`` of the config, the value recorded in the baseline checkpoint (stored in
 ``evaluation.nc`` by ``aqnet evaluate``), the ``audit_checkpoint`` report's. The verdict's
@@ -42,9 +45,7 @@ samples when null.
 
 from __future__ import annotations
 
-import base64
 import datetime as _dt
-import html
 import logging
 import math
 from collections.abc import Mapping
@@ -54,8 +55,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from aqnet.atomic import atomic_write_bytes
 from aqnet.config import seed_groups
-from aqnet.report import analysis, figures
+from aqnet.report import analysis, figures, page
 from aqnet.report.attribution import AttributedVerdict, judge_variants
 from aqnet.report.breakdown import breakdown_tests
 from aqnet.report.calibrated import CalibratedTest
@@ -71,7 +73,7 @@ from aqnet.report.inputs import (
 )
 from aqnet.report.seeds import pool_runs, run_means, seed_test
 from aqnet.report.usage import usage_rows
-from aqnet.stage import atomic_write_bytes, write_json
+from aqnet.stage import write_json
 
 log = logging.getLogger("aqnet.report")
 
@@ -323,7 +325,7 @@ def build_report(
     )
 
     rmse.to_csv(paths["rmse_csv"], index=False, float_format="%.6g")
-    atomic_write_bytes(paths["rmse_html"], _rmse_html(rmse, tag).encode())
+    atomic_write_bytes(paths["rmse_html"], page.rmse_html(rmse, tag).encode())
     regions.to_csv(paths["regions_csv"], index=False, float_format="%.6g")
     comparison.to_csv(paths["variants_csv"], index=False, float_format="%.6g")
 
@@ -374,11 +376,11 @@ def build_report(
         "files": {k: p.name for k, p in paths.items()},
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
-    md, body = _summary(
+    blocks = page.summary_blocks(
         result, rmse, comparison, bands, terrain, regions, gates, tag, breakdown=breakdown
     )
-    atomic_write_bytes(paths["summary_md"], md.encode())
-    atomic_write_bytes(paths["summary_html"], _summary_html(body, out_dir).encode())
+    atomic_write_bytes(paths["summary_md"], page.summary_markdown(blocks).encode())
+    atomic_write_bytes(paths["summary_html"], page.summary_html(blocks, out_dir).encode())
     write_json(paths["verdict"], result)
     return result
 
@@ -425,164 +427,3 @@ def _best_variant(
         "verdict": verdicts[name].verdict,
         "line": verdicts[name].line,
     }
-
-
-# ---------------------------------------------------------------------------------------------
-# Summary (markdown and a self-contained HTML page)
-# ---------------------------------------------------------------------------------------------
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float | np.floating):
-        return "n/a" if not math.isfinite(value) else f"{value:.4g}"
-    return str(value)
-
-
-def _md_table(df: pd.DataFrame) -> str:
-    cols = list(df.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for _, row in df.iterrows():
-        lines.append("| " + " | ".join(_fmt(row[c]) for c in cols) + " |")
-    return "\n".join(lines)
-
-
-def _html_table(df: pd.DataFrame) -> str:
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(_fmt(row[c]))}</td>" for c in df.columns) + "</tr>"
-        for _, row in df.iterrows()
-    )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _rmse_html(rmse: pd.DataFrame, tag: str) -> str:
-    return (
-        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>RMSE per pollutant and lead "
-        f"time</title><style>{_CSS}</style></head><body><h2>RMSE per pollutant and lead time "
-        f"({html.escape(tag)})</h2><p>Physical units; change_pct &lt; 0: the fine-tune's error is "
-        f"lower.</p>{_html_table(rmse)}</body></html>\n"
-    )
-
-
-_CSS = (
-    "body{font-family:sans-serif;max-width:1100px;margin:1em auto;padding:0 1em}"
-    "table{border-collapse:collapse;margin:0.5em 0 1em}"
-    "td,th{border:1px solid #ccc;padding:2px 6px;font-size:13px;text-align:right}"
-    "th{background:#eee}.verdict{font-size:1.3em;padding:0.5em;border-radius:4px;color:#fff}"
-    ".SUCCESS{background:#2e7d32}.NOT{background:#ef6c00}.NO{background:#757575}"
-    ".REGRESSION{background:#c62828}.NOT.ATTRIBUTABLE{background:#6a1b9a}img{max-width:100%}"
-)
-
-
-def _summary(
-    result: Mapping[str, Any],
-    rmse: pd.DataFrame,
-    comparison: pd.DataFrame,
-    bands: pd.DataFrame,
-    terrain: pd.DataFrame,
-    regions: pd.DataFrame,
-    gates: list[dict[str, Any]],
-    tag: str,
-    *,
-    breakdown: pd.DataFrame,
-) -> tuple[str, list[tuple[str, Any]]]:
-    """The summary as markdown, and as a list of (kind, content) blocks for the HTML page."""
-    blocks: list[tuple[str, Any]] = []
-    test = result["vs_baseline"]
-    ctrl = result["vs_control"]
-    blocks.append(("verdict", f"{result['verdict']} ({tag})"))
-    blocks.append(("p", result["reason"]))
-    text = (
-        f"Judged on the {result['split']} split: loss {result['eval_loss']:.4f} vs the "
-        f"baseline's {result['baseline_eval_loss']:.4f} on the same samples; threshold "
-        f"{result['threshold']:.4f} ({result['threshold_source']}). "
-    )
-    if ctrl is not None:
-        text += f"Against the control {result['control']}: {ctrl['description']}. "
-    else:
-        text += "No control arm was run, so the gain cannot be attributed. "
-    text += (
-        f"Against the baseline (context): {test['description']}. Block length: "
-        f"{test['block_choice']}; autocorrelation of the daily differences at lags 1-4: "
-        + ", ".join(f"{a:+.2f}" for a in test["autocorrelation"][1:5])
-        + f". Monitoring (validation year): final val_loss {result['final_val_loss']:.4f} at "
-        f"step {result['final_step']}; the baseline's recorded val_loss "
-        f"{result['baseline_val_loss']:.4f} ({result['baseline_val_loss_source']})."
-    )
-    blocks.append(("p", text))
-    if not breakdown.empty:
-        ref = result["control"] or "baseline"
-        blocks.append(("h2", f"By lead time and pollutant ({tag} vs {ref}, {result['split']})"))
-        blocks.append(
-            (
-                "p",
-                "Each row a calibrated paired test with its CI; p_holm is Holm-adjusted within "
-                "the lead times and within the pollutants. RMSE in physical units on the "
-                "evaluated split; published_rmse is the study's figure where it gives one.",
-            )
-        )
-        blocks.append(("table", breakdown))
-    best = result["best_variant"]
-    if len(result["variants"]) > 1:
-        blocks.append(("h2", "Variants"))
-        blocks.append(("p", f"Best variant: {best['name']} ({best['criterion']}): {best['line']}"))
-        blocks.append(("table", comparison))
-        blocks.append(("img", figures.FIGURES["variants"]))
-    blocks.append(("h2", "Training"))
-    blocks.append(("img", figures.FIGURES["val_loss"]))
-    blocks.append(("img", figures.FIGURES["alpha"]))
-    blocks.append(("h2", f"RMSE per pollutant and lead time ({tag})"))
-    blocks.append(("table", rmse))
-    blocks.append(("img", figures.FIGURES["rmse"]))
-    blocks.append(("h2", f"Where the fine-tune helps ({tag})"))
-    blocks.append(("img", figures.FIGURES["error_map"]))
-    blocks.append(("table", bands))
-    blocks.append(("table", terrain))
-    blocks.append(("img", figures.FIGURES["gain_by_elevation"]))
-    blocks.append(("p", "Regions with the largest gain:"))
-    blocks.append(("table", regions.head(5)))
-    blocks.append(("img", figures.FIGURES["gain_by_region"]))
-    blocks.append(("h2", "Gates and cost"))
-    blocks.append(("table", pd.DataFrame(gates)))
-    blocks.append(("p", "GPU-hours per GPU stage: projected by check_budget, and used."))
-    blocks.append(("table", pd.DataFrame(result["gpu_hours_by_stage"])))
-    blocks.append(("img", figures.FIGURES["gates"]))
-
-    lines = ["# TopoFlow fine-tune report", ""]
-    for kind, content in blocks:
-        if kind == "verdict":
-            lines += [f"## Verdict: {content}", ""]
-        elif kind == "h2":
-            lines += [f"## {content}", ""]
-        elif kind == "p":
-            lines += [str(content), ""]
-        elif kind == "table":
-            lines += [_md_table(content), ""]
-        elif kind == "img":
-            lines += [f"![{Path(content).stem}]({content})", ""]
-    return "\n".join(lines), blocks
-
-
-def _summary_html(blocks: list[tuple[str, Any]], out_dir: Path) -> str:
-    parts = [
-        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>TopoFlow fine-tune report"
-        f"</title><style>{_CSS}</style></head><body><h1>TopoFlow fine-tune report</h1>"
-    ]
-    for kind, content in blocks:
-        if kind == "verdict":
-            css = str(content).split()[0]
-            parts.append(f"<div class='verdict {css}'>Verdict: {html.escape(str(content))}</div>")
-        elif kind == "h2":
-            parts.append(f"<h2>{html.escape(str(content))}</h2>")
-        elif kind == "p":
-            parts.append(f"<p>{html.escape(str(content))}</p>")
-        elif kind == "table":
-            parts.append(_html_table(content))
-        elif kind == "img":
-            data = base64.b64encode((out_dir / content).read_bytes()).decode()
-            parts.append(
-                f"<figure><img alt='{html.escape(content)}' src='data:image/png;base64,{data}'>"
-                f"<figcaption>{html.escape(content)}</figcaption></figure>"
-            )
-    parts.append("</body></html>\n")
-    return "".join(parts)

@@ -53,23 +53,16 @@ import torch
 import xarray as xr
 from torch import nn
 
+from aqnet.atomic import atomic_save
 from aqnet.config import POLLUTANTS
+from aqnet.data.dataset import batch_to_device
+from aqnet.device import resolve_device
 from aqnet.report.analysis import BASELINE, FINETUNED, MODELS, REGION_NAMES, named_region_codes
-from aqnet.stage import atomic_save
 
 log = logging.getLogger("aqnet.report")
 
 SEED = 0
 """Seed of model construction (the weights are then replaced by the checkpoints')."""
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; ``cpu``/``cuda`` as given."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"evaluate: device {device!r} requested but no GPU is visible")
-    return torch.device(device)
 
 
 def build_models(
@@ -228,7 +221,7 @@ def evaluate(
     rcfg = cfg["report"]
     split = str(rcfg.get("split", "test")) if split is None else split
     lead_times = [int(h) for h in cfg["lead_times_h"]]
-    dev = resolve_device(device or cfg["finetune"].get("device", "auto"))
+    dev = resolve_device(device or cfg["finetune"].get("device", "auto"), stage="evaluate")
     stats = load_stats(cache_dir)
     meta = read_meta(cache_dir)
     static = load_static(cache_dir)
@@ -270,7 +263,7 @@ def evaluate(
 
     done = 0
     for batch in loader:
-        x, y, lead, elev, mask = (t.to(dev) for t in batch)
+        x, y, lead, elev, mask = batch_to_device(batch, dev, stage="evaluate")
         b = x.shape[0]
         for m, model in enumerate((base, fine)):
             pred = model(x, lead, elev)  # (B, C, H, W)

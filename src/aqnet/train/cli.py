@@ -217,8 +217,9 @@ def _training_check(args: argparse.Namespace, cfg: Mapping[str, Any], stage: str
 
 def _run(args: argparse.Namespace, stage: str) -> int:
     from aqnet.config import load_resolved
+    from aqnet.train.heartbeat import PEER_LOST_EXIT_CODE, PeerLost
     from aqnet.train.loop import REQUEUE_EXIT_CODE, RequeueRequested
-    from aqnet.train.watchdog import PEER_LOST_EXIT_CODE, SLOW_EXIT_CODE, PeerLost, RunTooSlow
+    from aqnet.train.watchdog import SLOW_EXIT_CODE, RunTooSlow
 
     setup_logging()
     cfg = load_resolved(args.config)

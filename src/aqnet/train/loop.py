@@ -1,48 +1,46 @@
 """The training loop: one entry point for the baseline, the short validation run and the fine-tune.
 
 :func:`run_training` runs as a single process, under ``torchrun`` or as ``srun`` ranks
-(:mod:`aqnet.train.distributed`), and does:
+(:mod:`aqnet.train.distributed`). This module orchestrates; each part lives beside it:
 
 * **data** - the cache's ``train`` split in a seeded, resumable ``DistributedSampler`` order
   (:mod:`aqnet.train.sampling`); the global batch ``train.batch_size`` is split over ranks and
-  ``train.grad_accum`` micro-batches, so one rank and N ranks train on the same global batches;
+  ``train.grad_accum`` micro-batches (:mod:`aqnet.train.batches`), so one rank and N ranks train
+  on the same global batches;
 * **loss** - masked MSE over the data's domain mask (:func:`aqnet.losses.masked_mse`);
 * **optimisation** - AdamW over the parameter groups of ``train.param_groups`` with ``lr`` /
   ``lr_new`` (:mod:`aqnet.train.optim`), warm-up + cosine, gradient clipping, optional bf16
   autocast on GPUs, gradient accumulation (DDP's ``no_sync`` on all but the last micro-batch);
+  every ``elevation_alpha`` is kept >= 0 after the update (:mod:`aqnet.model.alpha`);
 * **validation** at step 0 (before any update), every ``val_every`` steps and at the end, over the
-  pipeline's one validation subset (``validation.samples`` items evenly spaced over the split,
-  :func:`aqnet.data.validation_indices`; the ``smoke_forward`` gate evaluates the same items) split
-  over ranks in micro-batches of ``validation.batch_size``; squared errors are summed per pollutant
-  and lead time and reduced across ranks before dividing, so the loss does not depend on the
-  number of ranks or the batch size;
+  pipeline's one validation subset (:mod:`aqnet.train.validation`; the ``smoke_forward`` gate
+  evaluates the same items), so the loss does not depend on the number of ranks or the batch
+  size;
 * **metrics** - ``metrics.csv`` by rank 0 (:mod:`aqnet.train.metrics`), a progress bar on a TTY;
-* **safety** - a NaN/inf loss or gradient norm stops the run before the update, naming the step
-  and the last good checkpoint (:class:`TrainingDiverged`);
+* **safety** - a NaN/inf loss or gradient norm stops the run before the update, naming the step,
+  the last good checkpoint and whether the data or the model is at fault
+  (:mod:`aqnet.train.divergence`, :class:`TrainingDiverged`);
 * **resumption** - ``<state_dir>/last.pt`` every ``checkpoint_every`` steps and at the end
   (:mod:`aqnet.train.state`), written atomically; a restarted run continues exactly where the
   state left off. ``SIGUSR1`` (Slurm's ``--signal=USR1@<seconds>`` before the time limit) makes
   every rank finish its step, save the state and stop with :class:`RequeueRequested`; the CLI
-  exits with :data:`REQUEUE_EXIT_CODE` (75, ``EX_TEMPFAIL`` of ``sysexits.h``: "try again").
+  exits with :data:`REQUEUE_EXIT_CODE` (:mod:`aqnet.train.requeue`).
   A finished state whose outputs were written is archived and the run starts afresh (a
   deliberate rerun), as is any state with ``AQNET_FRESH=1`` (:mod:`aqnet.train.resume`); a
   failed write names the file, the free space and the last good checkpoint
-  (:func:`aqnet.stage.atomic_save`);
+  (:func:`aqnet.atomic.atomic_save`);
 * **watchdog** - with validate_short's step time, a median step time over ``watchdog.max_slowdown``
   x it saves the state and stops (:class:`~aqnet.train.watchdog.RunTooSlow`); in a multi-rank run a
   heartbeat names a dead or stuck rank within ``watchdog.peer_timeout_s`` / ``stall_timeout_s``
-  (:class:`~aqnet.train.watchdog.PeerLost`).
-
-Stage outputs (``out_dir``, rank 0): ``baseline`` - ``baseline.ckpt`` (Lightning layout, the weights
-of the best validation and that loss) and ``wind_orders.npz``; ``finetune`` - ``final.ckpt``
-(Lightning layout, the final weights and their validation loss) and ``summary.json``;
-``validate_short`` - ``final.ckpt`` (what the ``rehearse_report`` gate evaluates); every stage -
-``metrics.csv``. The fine-tune and ``validate_short`` start from ``init_checkpoint``,
-loaded only through :func:`aqnet.checkpoint.load_weights` (the audited path).
+  (:class:`~aqnet.train.heartbeat.PeerLost`);
+* **outputs** - the stage's checkpoint (and the baseline's wind orders, the fine-tune's
+  ``summary.json``) by rank 0 (:mod:`aqnet.train.outputs`). The fine-tune and ``validate_short``
+  start from ``init_checkpoint``, loaded only through :func:`aqnet.checkpoint.load_weights` (the
+  audited path).
 
 ``validate_short`` runs the fine-tune's first ``gates.validate_short_steps`` steps with the full
-run's schedule and per-rank batch (``finetune.batch_size / (launch.nodes x tasks_per_node)``), so
-its step time is the full run's; it never resumes (a gate must see step 0).
+run's schedule and per-rank batch, so its step time is the full run's; it never resumes (a gate
+must see step 0).
 """
 
 from __future__ import annotations
@@ -51,26 +49,27 @@ import contextlib
 import dataclasses
 import logging
 import math
-import signal
-import statistics
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from aqnet.atomic import WriteFailure
 from aqnet.config import POLLUTANTS
-from aqnet.evaluation import ErrorSums
+from aqnet.data.dataset import batch_to_device
 from aqnet.losses import masked_mse
+from aqnet.model.alpha import alpha_parameters, alpha_values, project_alphas
 from aqnet.model.presets import input_variables
-from aqnet.stage import StageFailure, WriteFailure, write_json
-from aqnet.train.cost import run_length
+from aqnet.stage import StageFailure, write_json
+from aqnet.train.batches import STAGES, BatchPlan, plan_batches, train_section
 from aqnet.train.distributed import DistContext, init_distributed
+from aqnet.train.divergence import TrainingDiverged, batch_diagnosis, divergence_message
+from aqnet.train.heartbeat import name_lost_peer, start_heartbeat
 from aqnet.train.metrics import Progress, metric_columns, write_metrics
 from aqnet.train.optim import (
     build_optimizer,
@@ -78,28 +77,32 @@ from aqnet.train.optim import (
     build_scheduler,
     group_lrs,
 )
+from aqnet.train.outputs import hyper_parameters, median_step_time, run_summary, write_checkpoint
+from aqnet.train.requeue import REQUEUE_EXIT_CODE, RequeueRequested, usr1_flag
 from aqnet.train.resume import (
+    FINGERPRINT_SETTINGS,
     FRESH_ENV,
-    archive_state,
+    check_fingerprint,
     current_job_id,
     fresh_requested,
     mark_complete,
-    plan_start,
+    start_state,
 )
 from aqnet.train.sampling import ResumableDistributedSampler
 from aqnet.train.state import (
     STATE_FILE,
     ResumeError,
     capture_rng,
-    fingerprint_differences,
-    load_state,
     restore_rng,
     save_state,
+    seed_everything,
 )
-from aqnet.train.watchdog import RunTooSlow, StepWatchdog, name_lost_peer, start_heartbeat
+from aqnet.train.validation import validate
+from aqnet.train.watchdog import RunTooSlow, StepWatchdog
 
 log = logging.getLogger("aqnet.train")
 
+# The batch planning, requeue and divergence names stay importable from here.
 __all__ = [
     "REQUEUE_EXIT_CODE",
     "STAGES",
@@ -110,128 +113,6 @@ __all__ = [
     "run_training",
     "train_section",
 ]
-
-STAGES = ("baseline", "validate_short", "finetune")
-REQUEUE_EXIT_CODE = 75
-"""Exit code after ``SIGUSR1``: the state is saved, requeue the job (``EX_TEMPFAIL``)."""
-
-OUTPUT_FILES = {
-    "baseline": ("baseline.ckpt", "wind_orders.npz", "metrics.csv"),
-    "validate_short": ("final.ckpt", "metrics.csv"),
-    "finetune": ("final.ckpt", "metrics.csv", "summary.json"),
-}
-
-
-class TrainingDiverged(StageFailure):
-    """A loss or gradient norm that is NaN or infinite; the run stopped before the update."""
-
-
-class RequeueRequested(Exception):  # noqa: N818 - a request, not an error
-    """``SIGUSR1`` arrived: the state was saved at ``step``; requeue the job to continue."""
-
-    def __init__(self, message: str, *, step: int, state_path: Path) -> None:
-        super().__init__(message)
-        self.step = step
-        self.state_path = state_path
-
-
-def train_section(cfg: Mapping[str, Any], stage: str) -> dict[str, Any]:
-    """The ``definitions/train`` settings of a stage: ``baseline.train`` or ``finetune``."""
-    if stage not in STAGES:
-        raise ValueError(f"unknown training stage {stage!r}; one of {', '.join(STAGES)}")
-    return dict(cfg["baseline"]["train"] if stage == "baseline" else cfg["finetune"])
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class BatchPlan:
-    """How a stage's batches are laid out.
-
-    Attributes:
-        global_batch: samples per optimizer step over all ranks and micro-batches.
-        micro_batch: samples per forward pass on one rank.
-        grad_accum: micro-batches per optimizer step.
-        world_size: ranks of this run.
-        run_steps: optimizer steps this run performs.
-        schedule_steps: length of the learning-rate schedule (the full run's for validate_short).
-    """
-
-    global_batch: int
-    micro_batch: int
-    grad_accum: int
-    world_size: int
-    run_steps: int
-    schedule_steps: int
-
-    @property
-    def per_rank_step(self) -> int:
-        """Samples one rank consumes per optimizer step."""
-        return self.micro_batch * self.grad_accum
-
-
-def plan_batches(
-    cfg: Mapping[str, Any], stage: str, *, world_size: int, start_times: int | None = None
-) -> BatchPlan:
-    """The batch layout of ``stage`` on ``world_size`` ranks.
-
-    ``start_times`` (forecast start times of the training split) lets ``epochs`` set the length
-    (:func:`aqnet.train.cost.run_length`); without it the length is ``steps``.
-
-    Raises:
-        ValueError: a global batch that does not split evenly over ranks and micro-batches.
-    """
-    tcfg = train_section(cfg, stage)
-    batch, accum = int(tcfg["batch_size"]), int(tcfg["grad_accum"])
-    if start_times is not None:
-        tcfg["steps"] = run_length(tcfg, start_times=start_times)["steps"]
-    section = "baseline.train" if stage == "baseline" else "finetune"
-    if stage == "validate_short":
-        launch = cfg["launch"]
-        full_world = int(launch["nodes"]) * int(launch["tasks_per_node"])
-        if batch % (full_world * accum):
-            raise ValueError(
-                f"finetune.batch_size {batch} does not split over the full run's {full_world} "
-                f"ranks (launch.nodes x tasks_per_node) x {accum} accumulation steps"
-            )
-        micro = batch // (full_world * accum)
-        return BatchPlan(
-            global_batch=micro * accum * world_size,
-            micro_batch=micro,
-            grad_accum=accum,
-            world_size=world_size,
-            run_steps=int(cfg["gates"]["validate_short_steps"]),
-            schedule_steps=int(tcfg["steps"]),
-        )
-    if batch % (world_size * accum):
-        raise ValueError(
-            f"{section}.batch_size {batch} does not split over {world_size} ranks x {accum} "
-            f"accumulation steps ({section}.grad_accum); use a multiple of {world_size * accum}"
-        )
-    return BatchPlan(
-        global_batch=batch,
-        micro_batch=batch // (world_size * accum),
-        grad_accum=accum,
-        world_size=world_size,
-        run_steps=int(tcfg["steps"]),
-        schedule_steps=int(tcfg["steps"]),
-    )
-
-
-@contextlib.contextmanager
-def _usr1_flag() -> Iterator[threading.Event]:
-    """An event set by ``SIGUSR1`` while the block runs (main thread only; else never set)."""
-    event = threading.Event()
-    if threading.current_thread() is not threading.main_thread():
-        yield event
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        event.set()
-
-    previous = signal.signal(signal.SIGUSR1, handler)
-    try:
-        yield event
-    finally:
-        signal.signal(signal.SIGUSR1, previous)
 
 
 def run_training(
@@ -299,7 +180,7 @@ def run_training(
     )
     heartbeat = start_heartbeat(ctx, tcfg["watchdog"])
     try:
-        with _usr1_flag() as usr1, name_lost_peer(heartbeat):
+        with usr1_flag() as usr1, name_lost_peer(heartbeat):
             trainer = _Trainer(
                 cfg,
                 stage=stage,
@@ -319,10 +200,6 @@ def run_training(
         if heartbeat is not None:
             heartbeat.stop()
         ctx.close()
-
-
-def _finite(value: float | None) -> bool:
-    return value is not None and math.isfinite(value)
 
 
 class _Trainer:
@@ -402,11 +279,11 @@ class _Trainer:
 
         # -- model --------------------------------------------------------------------------
         seed = int(self.tcfg["seed"])
-        _seed_everything(seed)
+        seed_everything(seed)
         mcfg = from_pipeline_config(cfg, stats=load_stats(cache_dir))
         self.mcfg = baseline_of(mcfg) if stage == "baseline" else mcfg
         self.model: nn.Module = Forecaster(self.mcfg)
-        self.alpha_params = _alpha_parameters(self.model)
+        self.alpha_params = alpha_parameters(self.model)
         self.columns = metric_columns(
             out_variables=POLLUTANTS,
             lead_times_h=self.lead_times,
@@ -522,19 +399,6 @@ class _Trainer:
         }
 
     def _fingerprint(self) -> dict[str, Any]:
-        keys = (
-            "batch_size",
-            "grad_accum",
-            "lr",
-            "lr_new",
-            "weight_decay",
-            "param_groups",
-            "warmup_steps",
-            "min_lr_ratio",
-            "grad_clip",
-            "bf16",
-            "seed",
-        )
         return {
             "stage": self.stage,
             "model_config": self.mcfg.to_dict(),
@@ -544,50 +408,23 @@ class _Trainer:
             "train_samples": len(self.train_ds),
             # best_val_loss compares passes: they must all evaluate the same subset
             "validation_samples": self.n_val,
-            **{k: self.tcfg[k] for k in keys},
+            **{k: self.tcfg[k] for k in FINGERPRINT_SETTINGS},
         }
 
     def _start_state(self, *, fresh: bool) -> dict[str, Any] | None:
         """The state to resume from, or ``None`` after archiving it for a fresh start."""
-        try:
-            state = load_state(self.state_path)
-        except ResumeError:
-            if not fresh:
-                raise
-            state = {"step": -1}  # unreadable, archived below
-        plan = plan_start(
-            state,
-            self.state_path.parent,
+        return start_state(
+            self.state_path,
+            stage=self.stage,
             run_steps=self.plan.run_steps,
             fresh=fresh,
-            job_id=current_job_id(),
+            fingerprint=self._fingerprint(),
+            barrier=self.ctx.barrier,
+            is_main=self.ctx.is_main,
         )
-        if plan.action == "resume":
-            return plan.state
-        if plan.action == "fresh":
-            if not fresh and state is not None:
-                self._check_fingerprint(state)  # other settings: refused, whatever the step
-            self.ctx.barrier()  # every rank has read the state before it moves
-            if self.ctx.is_main:
-                moved = archive_state(self.state_path.parent)
-                log.info(
-                    "%s starts afresh: %s (%s)",
-                    self.stage,
-                    plan.reason,
-                    ", ".join(str(p) for p in moved),
-                )
-            self.ctx.barrier()
-        return None
 
     def _check_fingerprint(self, state: Mapping[str, Any]) -> None:
-        diffs = fingerprint_differences(state.get("fingerprint", {}), self._fingerprint())
-        if diffs:
-            listing = "; ".join(f"{k}: {a!r} (state) vs {b!r} (now)" for k, (a, b) in diffs.items())
-            raise ResumeError(
-                f"resume state {self.state_path} was written by a different run ({listing}); "
-                f"restore the settings, or start the stage afresh with {FRESH_ENV}=1 (the state "
-                "is kept under a dated name)"
-            )
+        check_fingerprint(state, self._fingerprint(), state_path=self.state_path)
 
     def _restore(self, state: Mapping[str, Any]) -> None:
         self._check_fingerprint(state)
@@ -623,15 +460,6 @@ class _Trainer:
             self._iter = iter(self.train_loader)
         return self._iter
 
-    def _to_device(self, batch: Any) -> list[torch.Tensor]:
-        items = list(batch)
-        if len(items) != 5:
-            raise ValueError(
-                f"a training batch has {len(items)} items; expected 5 "
-                "(x, y, lead_time_h, elevation_m, mask)"
-            )
-        return [t.to(self.device, non_blocking=True) for t in items]
-
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.autocast:
             return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
@@ -643,7 +471,9 @@ class _Trainer:
         accum = self.plan.grad_accum
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         for j in range(accum):
-            x, y, lead, elev, mask = self._to_device(next(self._batches()))
+            x, y, lead, elev, mask = batch_to_device(
+                next(self._batches()), self.device, stage=self.stage, non_blocking=True
+            )
             sync = (
                 self.net.no_sync()
                 if self.ctx.distributed and j < accum - 1
@@ -709,107 +539,53 @@ class _Trainer:
     def _too_slow(self) -> RunTooSlow:
         """Every rank: the worst rank's median, named, in one message (after the state save)."""
         assert self.watchdog is not None  # only armed runs raise the flag
-        medians = self.ctx.all_gather_object(self.watchdog.median_s() or 0.0)
-        worst = max(range(len(medians)), key=lambda r: medians[r])
-        host = self.ctx.ranks[worst]["host"] if worst < len(self.ctx.ranks) else "?"
-        slowest = (
-            f"slowest rank {worst} on {host}" if self.ctx.world_size > 1 else "a single process"
-        )
-        message = self.watchdog.message(
+        return self.watchdog.stop(
+            medians_s=self.ctx.all_gather_object(self.watchdog.median_s() or 0.0),
+            hosts=[str(r["host"]) for r in self.ctx.ranks],
             stage=self.stage,
             step=self.step,
-            median_s=float(medians[worst]),
-            slowest=slowest,
             state_path=self.state_path,
-        )
-        return RunTooSlow(
-            message,
-            step=self.step,
-            measured_s=float(medians[worst]),
-            expected_s=self.watchdog.expected_step_time_s,
         )
 
     def _diverged(self, what: str, value: float, step: int) -> str:
-        epoch = (step - 1) // self.steps_per_epoch
-        if self.last_checkpoint_step is not None:
-            last = (
-                f"the last good checkpoint is {self.state_path} (step {self.last_checkpoint_step})"
+        hint = ""
+        if what != "validation loss":
+            hint = batch_diagnosis(
+                self.train_ds,
+                step=step,
+                steps_per_epoch=self.steps_per_epoch,
+                per_rank_step=self.plan.per_rank_step,
+                rank=self.ctx.rank,
+                world_size=self.ctx.world_size,
+                seed=int(self.tcfg["seed"]),
             )
-        else:
-            last = f"no checkpoint was written yet ({self.state_path} does not exist)"
-        hint = self._batch_diagnosis(step) if what != "validation loss" else ""
-        return (
-            f"{self.stage}: non-finite {what} ({value}) at step {step} (epoch {epoch}); the run "
-            f"stopped before applying the update; {last}.{hint}"
-        )
-
-    def _batch_diagnosis(self, step: int) -> str:
-        """Which of this rank's samples of ``step`` hold NaN/inf, for the failure message."""
-        epoch, pos = divmod(step - 1, self.steps_per_epoch)
-        sampler = ResumableDistributedSampler(
-            self.train_ds,
-            num_replicas=self.ctx.world_size,
-            rank=self.ctx.rank,
-            seed=int(self.tcfg["seed"]),
-        )
-        sampler.set_position(epoch=epoch, start=0)
-        per_rank = self.plan.per_rank_step
-        indices = list(sampler)[pos * per_rank : (pos + 1) * per_rank]
-        found = []
-        for i in indices:
-            x, y = self.train_ds[i][:2]  # (V, H, W), (n_out, H, W)
-            names = [f"x:{v}" for v in self.train_ds.variables]
-            names += [f"y:{v}" for v in self.train_ds.out_variables]
-            finite = _finite_channels(x) + _finite_channels(y)
-            bad = [n for n, ok in zip(names, finite, strict=True) if not ok]
-            if bad:
-                year, t, lead, valid = self.train_ds.sample_info(i)
-                found.append(
-                    f"sample {i} (year {year}, time index {t}, lead {lead} h, valid {valid}): "
-                    + ", ".join(bad)
-                )
-        if found:
-            shown = "; ".join(found[:5]) + (
-                f"; ... ({len(found) - 5} more)" if len(found) > 5 else ""
-            )
-            return (
-                f" Non-finite values in the data of rank {self.ctx.rank}'s part of the batch: "
-                f"{shown} - fix the cache (build_cache's NaN handling) or the input file."
-            )
-        return (
-            f" The data of rank {self.ctx.rank}'s part of the batch is finite: the model diverged; "
-            "lower the learning rate (lr/lr_new), lengthen the warm-up or enable grad_clip."
+        return divergence_message(
+            stage=self.stage,
+            what=what,
+            value=value,
+            step=step,
+            steps_per_epoch=self.steps_per_epoch,
+            state_path=self.state_path,
+            last_checkpoint_step=self.last_checkpoint_step,
+            hint=hint,
         )
 
     def _alphas(self) -> dict[str, float]:
-        return {
-            f"alpha_block{i}": float(p.detach().float().cpu()[0])
-            for i, p in self.alpha_params.items()
-        }
+        return alpha_values(self.alpha_params)
 
-    @torch.no_grad()
     def _validate(self) -> dict[str, Any]:
-        self.model.eval()
-        t0 = time.perf_counter()
-        # The one evaluation pass (aqnet.evaluation), shared with smoke_forward and evaluate.
-        sums = ErrorSums(lead_times_h=self.lead_times, pollutants=POLLUTANTS, device=self.device)
-        for batch in self.val_loader:
-            x, y, lead, elev, mask = self._to_device(batch)
-            with self._autocast():
-                pred = self.model(x, lead, elev)  # (B, C, H, W)
-            sums.add(pred.float(), y, mask, lead)
-            if self.steps_this_process:  # the stall check is armed after the first step
-                self.tick()
-        sums.all_reduce(self.ctx.all_reduce_sum)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        if not sums.total_weight > 0:
-            raise ValueError(
-                f"validation over {self.n_val} samples selected no grid cell with a finite "
-                "target (mask weight 0)"
-            )
-        out: dict[str, Any] = dict(sums.metrics("val_loss"))
-        out["val_time_s"] = time.perf_counter() - t0
+        out = validate(
+            self.model,
+            self.val_loader,
+            stage=self.stage,
+            lead_times_h=self.lead_times,
+            device=self.device,
+            all_reduce_sum=self.ctx.all_reduce_sum,
+            n_samples=self.n_val,
+            autocast=self._autocast,
+            # the stall check is armed after the first step
+            after_batch=self.tick if self.steps_this_process else None,
+        )
         if not math.isfinite(out["val_loss"]):
             raise TrainingDiverged(self._diverged("validation loss", out["val_loss"], self.step))
         return out
@@ -878,86 +654,53 @@ class _Trainer:
             write_metrics(self.out_dir / "metrics.csv", self.rows, self.columns)
 
     def _write_outputs(self) -> dict[str, str]:
-        from aqnet.checkpoint import save_lightning_checkpoint
-        from aqnet.orders import save_orders
-
         outputs = {"metrics": str(self.out_dir / "metrics.csv")}
         if not self.ctx.is_main:
             return outputs
         self._write_metrics()
-        final = self.rows[-1]
-        hp = {
-            "model_config": self.mcfg.to_dict(),
-            "stage": self.stage,
-            "variant": self.cfg.get("variant", "default"),
-            "steps": self.step,
-            "global_batch": self.plan.global_batch,
-            "lr": float(self.tcfg["lr"]),
-            "lr_new": float(self.tcfg["lr_new"]),
-            "lead_times_h": list(self.lead_times),
-            "best_val_loss": self.best["val_loss"],
-            "best_val_step": self.best["step"],
-        }
-        if self.stage == "baseline":
-            path = self.out_dir / "baseline.ckpt"
-            if self.best["model"] is not None:
-                self.model.load_state_dict(self.best["model"])
-            save_lightning_checkpoint(
-                path,
+        hp = hyper_parameters(
+            model_config=self.mcfg.to_dict(),
+            stage=self.stage,
+            variant=self.cfg.get("variant", "default"),
+            steps=self.step,
+            global_batch=self.plan.global_batch,
+            lr=float(self.tcfg["lr"]),
+            lr_new=float(self.tcfg["lr_new"]),
+            lead_times_h=self.lead_times,
+            best=self.best,
+        )
+        outputs.update(
+            write_checkpoint(
+                self.stage,
+                self.out_dir,
                 self.model,
                 hyper_parameters=hp,
-                val_loss=self.best["val_loss"],
-                global_step=int(self.best["step"] or 0),
+                best=self.best,
+                final_val_loss=self.rows[-1].get("val_loss"),
+                step=self.step,
             )
-            orders_path = self.out_dir / "wind_orders.npz"
-            save_orders(orders_path, self.model.wind_orders(), self.model.orders_params())
-            outputs.update(checkpoint=str(path), wind_orders=str(orders_path))
-        else:  # finetune; validate_short's weights let the rehearse_report gate evaluate them
-            path = self.out_dir / "final.ckpt"
-            save_lightning_checkpoint(
-                path,
-                self.model,
-                hyper_parameters=hp,
-                val_loss=final.get("val_loss"),
-                global_step=self.step,
-            )
-            outputs["checkpoint"] = str(path)
-            if self.stage != "finetune":
-                return outputs
+        )
+        if self.stage == "finetune":
             summary_path = self.out_dir / "summary.json"
             write_json(summary_path, self._summary())
-            outputs.update(checkpoint=str(path), summary=str(summary_path))
+            outputs["summary"] = str(summary_path)
         return outputs
 
     def _summary(self) -> dict[str, Any]:
-        final = self.rows[-1]
-        val_rows = [r for r in self.rows if r.get("val_loss") is not None]
-        return {
-            "stage": self.stage,
-            "variant": self.cfg.get("variant", "default"),
-            "steps": self.step,
-            "world_size": self.ctx.world_size,
-            "global_batch": self.plan.global_batch,
-            # The length in the study's terms: passes over the training start times.
-            "samples_seen": self.step * self.plan.global_batch,
-            "train_start_times": sum(self.train_ds.n_base),
-            "epochs": self.step * self.plan.global_batch / sum(self.train_ds.n_base),
-            "validation_samples": self.n_val,
-            "step0_val_loss": val_rows[0]["val_loss"] if val_rows else None,
-            "final_val_loss": final.get("val_loss"),
-            "final": {k: v for k, v in final.items() if k.startswith(("val_loss", "alpha_"))},
-            "best_val_loss": self.best["val_loss"],
-            "best_step": self.best["step"],
-            "baseline_val_loss": (self.init_report or {}).get("val_loss"),
-            "step_time_s": self._median_step_time(),
-            "resumed_from": self.resumed_from,
-            "model_config": self.mcfg.to_dict(),
-        }
-
-    def _median_step_time(self) -> float | None:
-        times = [r["step_time_s"] for r in self.rows if r.get("step_time_s") is not None]
-        times = times[1:] or times
-        return statistics.median(times) if times else None
+        return run_summary(
+            stage=self.stage,
+            variant=self.cfg.get("variant", "default"),
+            steps=self.step,
+            world_size=self.ctx.world_size,
+            global_batch=self.plan.global_batch,
+            train_start_times=sum(self.train_ds.n_base),
+            validation_samples=self.n_val,
+            rows=self.rows,
+            best=self.best,
+            init_report=self.init_report,
+            resumed_from=self.resumed_from,
+            model_config=self.mcfg.to_dict(),
+        )
 
     # ------------------------------------------------------------------------------------
     # The run
@@ -1045,52 +788,9 @@ class _Trainer:
             "final_val_loss": val_rows[-1]["val_loss"] if val_rows else None,
             "best_val_loss": self.best["val_loss"],
             "best_step": self.best["step"],
-            "step_time_s": self._median_step_time(),
+            "step_time_s": median_step_time(self.rows),
             "wall_time_s": time.perf_counter() - self.start_time,
             "init": self.init_report,
             "outputs": outputs,
             "state_path": str(self.state_path),
         }
-
-
-def _finite_channels(t: torch.Tensor) -> list[bool]:
-    """Per channel of ``t: (C, H, W)``: whether every value is finite."""
-    return torch.isfinite(t).flatten(1).all(dim=1).tolist()
-
-
-def _seed_everything(seed: int) -> None:
-    import random
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)  # noqa: NPY002 - the global generator other code may use
-    torch.manual_seed(seed)
-
-
-def _alpha_parameters(model: nn.Module) -> dict[int, nn.Parameter]:
-    """``{block index: elevation_alpha}`` of every TopoFlow block."""
-    params = dict(model.named_parameters())
-    out: dict[int, nn.Parameter] = {}
-    for key in model.topoflow_keys():
-        if not key.endswith("elevation_alpha"):
-            continue
-        parts = key.split(".")
-        if len(parts) < 2 or parts[0] != "blocks" or not parts[1].isdigit():
-            raise ValueError(f"cannot tell the block of the TopoFlow parameter {key!r}")
-        if key not in params:
-            raise ValueError(f"TopoFlow key {key!r} is not a parameter of the model")
-        out[int(parts[1])] = params[key]
-    return dict(sorted(out.items()))
-
-
-@torch.no_grad()
-def project_alphas(model: nn.Module) -> None:
-    """Keep every ``elevation_alpha`` >= 0 after an update.
-
-    The bias ``clamp(-alpha * relu(dz / H), -10, 0)`` is clamped at 0, so for alpha < 0 it is 0
-    everywhere and alpha's gradient vanishes: one step below 0 would freeze TopoFlow for the rest
-    of the run. At alpha = 0 the gradient still flows (the clamp passes it at its bound), so the
-    projection keeps the prior alive without changing the start at the baseline.
-    """
-    for name, param in model.named_parameters():
-        if name.endswith("elevation_alpha"):
-            param.clamp_(min=0.0)

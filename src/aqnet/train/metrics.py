@@ -26,12 +26,13 @@ import io
 import logging
 import math
 import sys
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from aqnet.stage import atomic_write_bytes
+from tqdm import tqdm
+
+from aqnet.atomic import atomic_write_bytes
 
 __all__ = ["Progress", "metric_columns", "read_metrics", "write_metrics"]
 
@@ -106,8 +107,25 @@ def read_metrics(path: str | Path) -> list[dict[str, float | int | None]]:
     return rows
 
 
+def _describe(row: Mapping[str, Any]) -> str:
+    """The losses, learning rate and throughput of a metrics row, e.g. ``train_loss 0.4121``."""
+    parts = []
+    for key, fmt in (("train_loss", "{:.4f}"), ("val_loss", "{:.4f}"), ("lr", "{:.2e}")):
+        value = row.get(key)
+        if value is not None and not (isinstance(value, float) and math.isnan(value)):
+            parts.append(f"{key} {fmt.format(value)}")
+    if row.get("samples_per_s"):
+        parts.append(f"{row['samples_per_s']:.1f} samples/s")
+    return ", ".join(parts)
+
+
 class Progress:
-    """A progress bar on an interactive terminal, plain log lines in batch logs.
+    """A tqdm progress bar on an interactive terminal, plain log lines in batch logs.
+
+    On a TTY the bar shows the step, the elapsed time and the row's losses; each validation row
+    is also written as a line above it, so the validation history stays on screen. Elsewhere
+    (Slurm and Snakemake logs) there is no bar: a log line every ``every`` steps, on every
+    validation and at the last step.
 
     Args:
         total: the last step of the run.
@@ -123,33 +141,30 @@ class Progress:
         self.enabled = enabled
         self.every = max(0, every)
         self.stream = stream if stream is not None else sys.stderr
-        self.bar = enabled and bool(getattr(self.stream, "isatty", lambda: False)())
-        self._start = time.perf_counter()
+        tty = enabled and bool(getattr(self.stream, "isatty", lambda: False)())
+        self.bar: tqdm | None = (
+            tqdm(total=total, file=self.stream, unit="step", dynamic_ncols=True, leave=True)
+            if tty
+            else None
+        )
 
     def update(self, row: Mapping[str, Any]) -> None:
         """Show one metrics row."""
         if not self.enabled:
             return
         step = int(row["step"])
-        parts = [f"step {step}/{self.total}"]
-        for key, fmt in (("train_loss", "{:.4f}"), ("val_loss", "{:.4f}"), ("lr", "{:.2e}")):
-            value = row.get(key)
-            if value is not None and not (isinstance(value, float) and math.isnan(value)):
-                parts.append(f"{key} {fmt.format(value)}")
-        if row.get("samples_per_s"):
-            parts.append(f"{row['samples_per_s']:.1f} samples/s")
-        text = ", ".join(parts)
-        if self.bar:
-            width = 24
-            done = int(width * step / max(1, self.total))
-            elapsed = time.perf_counter() - self._start
-            self.stream.write(f"\r[{'#' * done}{'.' * (width - done)}] {text} ({elapsed:.0f} s)")
-            if row.get("val_loss") is not None or step >= self.total:
-                self.stream.write("\n")
-            self.stream.flush()
-        elif (
-            row.get("val_loss") is not None
-            or step >= self.total
-            or (self.every and step % self.every == 0)
-        ):
+        text = f"step {step}/{self.total}"
+        described = _describe(row)
+        if described:
+            text += f", {described}"
+        validated = row.get("val_loss") is not None
+        if self.bar is not None:
+            if validated:
+                self.bar.write(text, file=self.stream)
+            self.bar.n = step  # absolute: a resumed run continues from its step
+            self.bar.set_postfix_str(described, refresh=False)
+            self.bar.refresh()
+            if step >= self.total:
+                self.bar.close()
+        elif validated or step >= self.total or (self.every and step % self.every == 0):
             log.info("%s", text)

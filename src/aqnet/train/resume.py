@@ -23,7 +23,7 @@ import dataclasses
 import datetime as _dt
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,19 +33,37 @@ log = logging.getLogger("aqnet.train")
 
 __all__ = [
     "COMPLETE_FILE",
+    "FINGERPRINT_SETTINGS",
     "FRESH_ENV",
     "StartPlan",
     "archive_state",
+    "check_fingerprint",
     "current_job_id",
     "fresh_requested",
     "mark_complete",
     "plan_start",
+    "start_state",
 ]
 
 COMPLETE_FILE = "complete.json"
 """Written beside ``last.pt`` once a finished run has written its outputs."""
 FRESH_ENV = "AQNET_FRESH"
 """Environment variable: ``1`` asks the training to start afresh (see the module docstring)."""
+FINGERPRINT_SETTINGS = (
+    "batch_size",
+    "grad_accum",
+    "lr",
+    "lr_new",
+    "weight_decay",
+    "param_groups",
+    "warmup_steps",
+    "min_lr_ratio",
+    "grad_clip",
+    "bf16",
+    "seed",
+)
+"""The ``train`` settings that must not change across a resume (part of the state's
+``fingerprint``, with the model, the batch layout, the schedule and the data)."""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -125,6 +143,79 @@ def plan_start(
             "resuming to write them",
         )
     return StartPlan(action="resume", state=dict(state), reason=f"resuming from step {step}")
+
+
+def check_fingerprint(
+    state: Mapping[str, Any], current: Mapping[str, Any], *, state_path: Path
+) -> None:
+    """Refuse a state written by a different run: ``state["fingerprint"]`` against ``current``.
+
+    Raises:
+        ResumeError: naming every setting that differs, the state's value and the current one.
+    """
+    from aqnet.train.state import ResumeError, fingerprint_differences
+
+    diffs = fingerprint_differences(state.get("fingerprint", {}), current)
+    if diffs:
+        listing = "; ".join(f"{k}: {a!r} (state) vs {b!r} (now)" for k, (a, b) in diffs.items())
+        raise ResumeError(
+            f"resume state {state_path} was written by a different run ({listing}); restore the "
+            f"settings, or start the stage afresh with {FRESH_ENV}=1 (the state is kept under a "
+            "dated name)"
+        )
+
+
+def start_state(
+    state_path: Path,
+    *,
+    stage: str,
+    run_steps: int,
+    fresh: bool,
+    fingerprint: Mapping[str, Any],
+    barrier: Callable[[], None],
+    is_main: bool,
+) -> dict[str, Any] | None:
+    """Read ``state_path`` and act on :func:`plan_start`'s decision, on every rank.
+
+    Returns the state to resume from, or ``None`` for a start at step 0, after rank 0 archived
+    the state of a fresh start (every rank has read it first). A state of other settings is
+    refused (:func:`check_fingerprint`) unless the start was asked to be fresh.
+
+    Args:
+        state_path: ``<state_dir>/last.pt``.
+        stage: the training stage, for the log.
+        run_steps: the steps this run performs.
+        fresh: ``--fresh`` / ``AQNET_FRESH``.
+        fingerprint: this run's fingerprint (what the state's must equal).
+        barrier: waits for every rank (a no-op in a single process).
+        is_main: this is rank 0, the one that archives.
+
+    Raises:
+        ResumeError: an unreadable state (without ``fresh``) or one of a different run.
+    """
+    from aqnet.train.state import ResumeError, load_state
+
+    try:
+        state = load_state(state_path)
+    except ResumeError:
+        if not fresh:
+            raise
+        state = {"step": -1}  # unreadable, archived below
+    plan = plan_start(
+        state, state_path.parent, run_steps=run_steps, fresh=fresh, job_id=current_job_id()
+    )
+    if plan.action == "resume":
+        return plan.state
+    if plan.action == "fresh":
+        if not fresh and state is not None:
+            # other settings: refused, whatever the step
+            check_fingerprint(state, fingerprint, state_path=state_path)
+        barrier()  # every rank has read the state before it moves
+        if is_main:
+            moved = archive_state(state_path.parent)
+            log.info("%s starts afresh: %s (%s)", stage, plan.reason, ", ".join(map(str, moved)))
+        barrier()
+    return None
 
 
 def _marker_step(marker: Path) -> int | None:

@@ -2,7 +2,7 @@
 
 One file, written atomically by rank 0 (temporary file, fsync, rename, fsync of the folder:
 a kill, a full disk or a lost write during the save leaves the previous state intact, and the
-failure names the file and the free space - :class:`aqnet.stage.WriteFailure`), holding
+failure names the file and the free space - :class:`aqnet.atomic.WriteFailure`), holding
 everything needed to continue a run exactly:
 
 =================  ============================================================================
@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from aqnet.stage import atomic_save
+from aqnet.atomic import atomic_save
 
 __all__ = [
     "STATE_FILE",
@@ -47,6 +47,7 @@ __all__ = [
     "load_state",
     "restore_rng",
     "save_state",
+    "seed_everything",
 ]
 
 STATE_FILE = "last.pt"
@@ -55,6 +56,13 @@ STATE_FORMAT = 1
 
 class ResumeError(ValueError):
     """A resume state that cannot be used (unreadable, or written by a different run)."""
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's global and torch's generators (a run's start, before the model)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 - the global generator other code may use
+    torch.manual_seed(seed)
 
 
 def capture_rng() -> dict[str, Any]:
