@@ -384,6 +384,7 @@ def test_every_output_has_a_caption():
     assert (CAPTIONS / "workflow.rst").is_file()
 
 
+@pytest.mark.slow  # a Snakemake run
 def test_captions_build_a_snakemake_report(html_report):
     text = html_report.read_text()
     assert html_report.stat().st_size > 100_000
@@ -392,6 +393,7 @@ def test_captions_build_a_snakemake_report(html_report):
     assert "Variants in this run: default." in text  # Jinja on snakemake.config rendered
 
 
+@pytest.mark.slow  # a Snakemake run and the browser
 @pytest.mark.skipif(
     find_chromium() is None, reason="no Chromium installed (apt-get install chromium)"
 )

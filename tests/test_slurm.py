@@ -44,6 +44,9 @@ from aqnet.config import validate_config, variant_config
 from aqnet.train.cost import finetune_projection, measured_from_report, start_times_in_cache
 from aqnet.train.network import gradient_numel
 
+# Every test here runs Snakemake, srun or the Slurm daemons' tools.
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[1]
 LUMI_PROFILE = REPO / "profiles" / "lumi" / "config.yaml"
 LUMI_CONFIG = REPO / "config" / "lumi.yaml"

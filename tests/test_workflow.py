@@ -23,6 +23,9 @@ from typing import Any
 import pytest
 import yaml
 
+# Every test here runs Snakemake (dry runs and the cheap config rules).
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[1]
 SNAKEFILE = REPO / "Snakefile"
 LOCAL_PROFILE = REPO / "profiles" / "local"
