@@ -239,16 +239,6 @@ def test_lumi_cpu_masks_give_each_gcd_its_own_seven_cores(lumi_profile: dict[str
     assert union < 1 << 64  # LUMI-G: 64 cores (the first hardware thread of each)
 
 
-def test_lumi_profile_keys_are_commented() -> None:
-    lines = LUMI_PROFILE.read_text().splitlines()
-    for i, line in enumerate(lines):
-        m = re.match(r"^([A-Za-z][\w-]*):", line)
-        if not m:
-            continue
-        above = lines[i - 1].strip() if i else ""
-        assert "#" in line or above.startswith("#"), f"profile key {m.group(1)!r} has no comment"
-
-
 # ---------------------------------------------------------------------------------------------
 # The dry run
 # ---------------------------------------------------------------------------------------------
