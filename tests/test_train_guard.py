@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 from typing import Any
 
@@ -93,22 +94,30 @@ def test_step_watchdog_trips_on_the_median_not_on_one_slow_step() -> None:
 def test_watchdog_saves_and_stops_a_run_with_an_injected_slow_step(
     tiny_config: dict[str, Any], tiny_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Steps from the 4th on take >= 1.5 s more; with an expected step time of 0.25 s and
-    max_slowdown 4 (a limit of 1 s, far above a tiny CPU step even on a busy machine), a window
-    of 3 trips once two slow steps are in it (the first step of a process is not counted)."""
+    """Steps from the 4th on take 1.5 s more; with an expected step time of 0.25 s and
+    max_slowdown 4 (a limit of 1 s), a window of 3 trips once two slow steps are in it (the
+    first step of a process is not counted). The loop's clock is a virtual one (each reading
+    0.05 s after the last, plus the injected delay), so the outcome does not depend on how busy
+    the machine is."""
     cfg = _config(
         tiny_config, steps=12, checkpoint_every=100, watchdog={"window_steps": 3, "max_slowdown": 4}
     )
     real_mse = loop_module.masked_mse
     calls = {"n": 0}
+    clock = {"now": 0.0}
+
+    def perf_counter() -> float:
+        clock["now"] += 0.05
+        return clock["now"]
 
     def slow_mse(*args: Any, **kwargs: Any) -> torch.Tensor:
         calls["n"] += 1  # one call per micro-batch of a training step
         if calls["n"] >= 4:
-            time.sleep(1.5)
+            clock["now"] += 1.5  # a slow step, without sleeping
         return real_mse(*args, **kwargs)
 
     monkeypatch.setattr(loop_module, "masked_mse", slow_mse)
+    monkeypatch.setattr(loop_module, "time", types.SimpleNamespace(perf_counter=perf_counter))
     with pytest.raises(RunTooSlow) as err:
         _baseline(cfg, tiny_cache, tmp_path, expected_step_time_s=0.25)
     exc = err.value
