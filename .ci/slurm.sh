@@ -10,7 +10,7 @@
 #   status   controller ping, partitions, and the recorded PIDs
 #   install  apt-get the packages only
 #
-# The cluster is shaped like LUMI-G so that tests/test_slurm.py can run the pipeline with a profile
+# The cluster is shaped like LUMI-G so that tests/workflow/test_slurm.py can run the pipeline with a profile
 # derived from profiles/lumi: nodes nid001..nid004 with 128 CPUs, 480 GiB and 8 fake GPUs each
 # (gres gpu:mi250:8 whose "device files" are links to /dev/null), the partitions dev-g, small-g and
 # standard-g (full-node, exclusive) with LUMI's time limits, CPU nodes cpu001.. with small, standard

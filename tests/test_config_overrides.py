@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from aqnet.config import ConfigError, coerce_overrides, validate_config
-from test_workflow import job_counts, run_snakemake, workflow_config, write_config
+from workflow_helpers import job_counts, run_snakemake, workflow_config, write_config
 
 
 def test_numbers_booleans_nulls_lists_and_nested_maps_get_their_types() -> None:

@@ -42,7 +42,7 @@ PLAN = _plan.Plan(CFG)
 VARIANTS = PLAN.variants
 SHARED = _plan.SHARED
 ENV = "../../envs/aqnet.yaml"
-# The fine-tune's self-requeue after USR1 (a shell script, so tests/test_slurm.py runs it too).
+# The fine-tune's self-requeue after USR1 (a shell script, so tests/workflow/test_slurm.py runs it too).
 REQUEUE_SCRIPT = str(
     Path(workflow.main_snakefile).parent
     / "workflow"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # workflow/scripts/requeue_on_tempfail.sh LOG -- COMMAND ...
 #
-# The fine-tune rule's self-requeue, in one place (the rule and tests/test_slurm.py run this file).
+# The fine-tune rule's self-requeue, in one place (the rule and tests/workflow/test_slurm.py run this file).
 # Runs COMMAND (the ranks: srun ... aqnet finetune ...) with its output appended to LOG, so LOG
 # keeps every allocation's part. When COMMAND exits 75 (EX_TEMPFAIL: SIGUSR1 arrived before the
 # time limit and the training saved its state) inside a Slurm job, the job requeues itself

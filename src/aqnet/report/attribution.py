@@ -27,8 +27,9 @@ The verdict of one variant, in order of precedence:
 Why a minimum gain: any extra parameter lets a fine-tune follow a slightly different path, so on
 thousands of samples even a reversed or useless bias can come out a fraction of a percent better
 than the control, "significantly" for a test that conditions on the trained models. The margin
-separates such a difference from an effect (the known-answer test in ``tests/test_verdict.py``:
-the formula's direction gains about 75 % over the control there, the reversed one under 1 %).
+separates such a difference from an effect (the known-answer test in
+``tests/report/test_verdict.py``: the formula's direction gains about 75 % over the control there,
+the reversed one under 1 %).
 
 The threshold is ``report.success_threshold`` (absolute, normalised loss); when it is null the
 baseline's paired mean loss on the same samples is used, so the two numbers always come from one

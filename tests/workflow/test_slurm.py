@@ -7,11 +7,11 @@ the pipeline submitted through it to a real (localhost) Slurm.
 * ``test_pipeline_on_localhost_slurm`` (marker ``slurm``) needs the mini-LUMI of ``.ci/slurm.sh``
   (``bash .ci/slurm.sh up`` as root) and is skipped with the reason when it is not up. It runs the
   LUMI pipeline (data files and a baseline given, as on LUMI) with the profile derived from
-  ``profiles/lumi`` by ``tests/slurm/derive_profile.py`` (2 nodes x 2 ranks, gloo on the CPU, no
-  container) and checks, from ``sacct`` rather than from our own logs, where and how every stage
-  ran, and that ``check_network`` measured its all-reduce over 2 nodes with gloo, only the RCCL
-  provider check skipped (with its reason). ``test_bare_srun_*`` (marker ``slurm``) shows on the
-  same cluster why the launcher spells the task geometry out.
+  ``profiles/lumi`` by ``tests/workflow/slurm/derive_profile.py`` (2 nodes x 2 ranks, gloo on the
+  CPU, no container) and checks, from ``sacct`` rather than from our own logs, where and how every
+  stage ran, and that ``check_network`` measured its all-reduce over 2 nodes with gloo, only the
+  RCCL provider check skipped (with its reason). ``test_bare_srun_*`` (marker ``slurm``) shows on
+  the same cluster why the launcher spells the task geometry out.
 * ``test_lumi_gpu_narrowing_*`` / ``test_two_ranks_bound_to_one_gpu_*`` (marker ``slurm``): LUMI's
   per-task ``ROCR_VISIBLE_DEVICES`` (Slurm's, narrowed by ``rank.sh``) on real Slurm nodes with
   real gloo ranks; only the GPUs' device properties are stood in for (the fake GPUs cannot be
@@ -47,7 +47,7 @@ from aqnet.train.network import gradient_numel
 # Every test here runs Snakemake, srun or the Slurm daemons' tools.
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 LUMI_PROFILE = REPO / "profiles" / "lumi" / "config.yaml"
 LUMI_CONFIG = REPO / "config" / "lumi.yaml"
 REFERENCE_CONFIG = REPO / "config" / "reference.yaml"
@@ -57,7 +57,7 @@ BIN = Path(sys.executable).parent
 
 def _load_derive() -> ModuleType:
     spec = importlib.util.spec_from_file_location(
-        "derive_profile", REPO / "tests" / "slurm" / "derive_profile.py"
+        "derive_profile", REPO / "tests" / "workflow" / "slurm" / "derive_profile.py"
     )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -330,7 +330,7 @@ def test_lumi_profile_dry_run_prints_resources_and_commands(
         assert shell and "aqnet " in shell, f"{rule}: no command printed"
         for key in ("slurm_account", "slurm_partition", "runtime", "mem_mb", "cpus_per_task"):
             if rule == "finetune" and key == "runtime":
-                continue  # derived from the projection (tests/test_cost.py)
+                continue  # derived from the projection (tests/train/test_cost.py)
             assert res.get(key) == str(want[key]), (rule, key, res.get(key), want[key])
         for key in ("nodes", "tasks_per_node", "gres", "mpi", "slurm_extra"):
             if key in want:
@@ -648,7 +648,7 @@ def _reduced_config(
     cfg["launch"].update(nodes=2, tasks_per_node=2)
     cfg["report"].update(eval_batches=1, bootstrap_samples=100, control=None)  # one chain
     cfg["variants"] = {"default": {}}
-    return validate_config(cfg, source="tests/test_slurm.py")
+    return validate_config(cfg, source="tests/workflow/test_slurm.py")
 
 
 SLURM_RUN_TIMEOUT_S = 420

@@ -29,7 +29,7 @@ from aqnet.report.build import OUTPUTS
 from aqnet.report.evaluate import evaluate, open_evaluation
 from aqnet.report.render_check import RenderResult, _problems, check_report, find_chromium
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CAPTIONS = REPO / "workflow" / "report"
 ALPHA = 2.0
 

@@ -187,9 +187,10 @@ def test_a_gain_within_the_seed_spread_is_not_a_success():
 def test_pooled_runs_average_the_errors(tmp_path):
     import dataclasses
 
+    from test_report_calibration import _evaluation
+
     from aqnet.report.inputs import VariantResults
     from aqnet.report.seeds import pool_runs, run_means
-    from test_report_calibration import _evaluation
 
     rng = np.random.default_rng(1)
     base = 0.4 + rng.random((20, 4, 6))

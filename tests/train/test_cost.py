@@ -29,9 +29,9 @@ from aqnet.train.cost import (
     start_times_in_cache,
 )
 from aqnet.train.loop import plan_batches
-from test_workflow import run_snakemake, workflow_config, write_config
+from workflow_helpers import run_snakemake, workflow_config, write_config
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from aqnet.data.reference import (
 )
 from aqnet.model.presets import from_pipeline_config
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 REFERENCE = [REPO / "config.yaml", REPO / "config" / "reference.yaml"]
 
 

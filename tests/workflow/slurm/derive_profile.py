@@ -21,7 +21,7 @@ status command stay exactly as on LUMI; the test reads them back from ``sacct``.
 
 Usage (to run the pipeline on the localhost Slurm by hand)::
 
-    python tests/slurm/derive_profile.py --config my_small_config.yaml --out /tmp/profile
+    python tests/workflow/slurm/derive_profile.py --config my_small_config.yaml --out /tmp/profile
     snakemake --profile /tmp/profile
 """
 
@@ -38,7 +38,7 @@ from typing import Any
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 LUMI_PROFILE = REPO / "profiles" / "lumi" / "config.yaml"
 RANK_WRAPPER = REPO / "profiles" / "lumi" / "rank.sh"
 CI_ACCOUNT = "project_465000001"
@@ -192,8 +192,10 @@ def write_profile(profile: Mapping[str, Any], out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "config.yaml"
     header = (
-        f"# Derived from {LUMI_PROFILE.relative_to(REPO)} by tests/slurm/derive_profile.py;"
-        " do not edit. Changed keys: " + ", ".join(sorted(SCALED_KEYS)) + "\n"
+        f"# Derived from {LUMI_PROFILE.relative_to(REPO)} by "
+        "tests/workflow/slurm/derive_profile.py; do not edit. Changed keys: "
+        + ", ".join(sorted(SCALED_KEYS))
+        + "\n"
     )
     path.write_text(header + yaml.safe_dump(dict(profile), sort_keys=False))
     return path

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from test_workflow import (
+from workflow_helpers import (
     TWO_VARIANTS,
     expected_counts,
     job_counts,
@@ -242,7 +242,7 @@ def test_a_lumi_dry_run_where_the_demo_ran_plans_everything_and_quotes_none_of_i
 
     import yaml
 
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     workdir, _ = pipeline_copy
     demo_report = json.loads((workdir / "results/variants/default/validate_short.json").read_text())
     demo_step = demo_report["measured_step_time_s"]
