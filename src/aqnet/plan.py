@@ -22,13 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from aqnet.config import config_digest, validate_config, variant_config
-from aqnet.train.cost import (
-    estimated_start_times,
-    ignored_measurement,
-    measured_from_report,
-    run_projection,
-    start_times_in_cache,
-)
+from aqnet.train.cost import ignored_measurement, measured_from_report, run_projection
+from aqnet.train.length import estimated_start_times, start_times_in_cache
 
 SHARED = "shared"
 """Pseudo-variant name of the resolved config the shared stages read."""

@@ -14,20 +14,16 @@ import pytest
 import yaml
 
 from aqnet.config import config_digest, validate_config
+from aqnet.train.budget import BudgetExceeded, budget_gate, check_budget
 from aqnet.train.cost import (
-    BudgetExceeded,
-    budget_gate,
-    check_budget,
-    estimated_start_times,
     finetune_projection,
     format_projection,
     ignored_measurement,
     measured_from_report,
     requested_minutes,
-    run_length,
     run_projection,
-    start_times_in_cache,
 )
+from aqnet.train.length import estimated_start_times, run_length, start_times_in_cache
 from aqnet.train.loop import plan_batches
 from workflow_helpers import run_snakemake, workflow_config, write_config
 

@@ -41,7 +41,8 @@ import pytest
 import yaml
 
 from aqnet.config import validate_config, variant_config
-from aqnet.train.cost import finetune_projection, measured_from_report, start_times_in_cache
+from aqnet.train.cost import finetune_projection, measured_from_report
+from aqnet.train.length import start_times_in_cache
 from aqnet.train.network import gradient_numel
 
 # Every test here runs Snakemake, srun or the Slurm daemons' tools.

@@ -19,7 +19,8 @@ from snakemake.utils import update_config
 from aqnet import plan as _plan
 from aqnet.config import ConfigError, coerce_overrides, validate_config
 from aqnet.config import with_control_arm, with_seeds
-from aqnet.train.cost import BudgetExceeded, check_budget, format_projection
+from aqnet.train.budget import BudgetExceeded, check_budget
+from aqnet.train.cost import format_projection
 
 _source = " + ".join(str(f) for f in workflow.configfiles) or "config"
 if workflow.config_settings.overwrite_config:

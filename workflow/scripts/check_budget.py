@@ -1,5 +1,5 @@
 """Gate ``check_budget``: the run's projected GPU-hours, with the measured step times, against
-``launch.max_gpu_hours`` (:func:`aqnet.train.cost.budget_gate`); every fine-tune waits for it.
+``launch.max_gpu_hours`` (:func:`aqnet.train.budget.budget_gate`); every fine-tune waits for it.
 
 Writes the JSON report (``snakemake.output.report``) on every outcome and fails with one line
 naming the projected total and the budget.
@@ -11,7 +11,7 @@ from pathlib import Path
 
 from aqnet.config import load_resolved
 from aqnet.stage import run_stage
-from aqnet.train.cost import budget_gate
+from aqnet.train.budget import budget_gate
 
 
 def _check(report: dict) -> str:

@@ -9,7 +9,7 @@ Per stage (``validate_short``, ``finetune``) and variant, in this order of prefe
   wall seconds of the rule's command) x the stage's nodes.
 
 Node-seconds / 3600 x ``launch.gpu_hours_per_node_hour`` are the GPU-hours. The projection comes
-from ``gates/check_budget.json`` (:func:`aqnet.train.cost.budget_gate`).
+from ``gates/check_budget.json`` (:func:`aqnet.train.budget.budget_gate`).
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from aqnet.train.cost import run_length
+from aqnet.train.length import run_length
 
 __all__ = ["STAGES", "BatchPlan", "plan_batches", "train_section"]
 
@@ -58,7 +58,7 @@ def plan_batches(
     """The batch layout of ``stage`` on ``world_size`` ranks.
 
     ``start_times`` (forecast start times of the training split) lets ``epochs`` set the length
-    (:func:`aqnet.train.cost.run_length`); without it the length is ``steps``.
+    (:func:`aqnet.train.length.run_length`); without it the length is ``steps``.
 
     Raises:
         ValueError: a global batch that does not split evenly over ranks and micro-batches.

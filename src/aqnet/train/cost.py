@@ -24,14 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from aqnet.config import report_config_mismatch
-from aqnet.stage import StageFailure
+from aqnet.train.length import run_length
 from aqnet.train.metrics import read_metrics
 
 __all__ = [
-    "BudgetExceeded",
-    "budget_gate",
-    "check_budget",
-    "estimated_start_times",
     "finetune_projection",
     "format_projection",
     "ignored_measurement",
@@ -39,9 +35,7 @@ __all__ = [
     "measured_times",
     "project_cost",
     "requested_minutes",
-    "run_length",
     "run_projection",
-    "start_times_in_cache",
     "validate_short_projection",
     "validation_passes",
 ]
@@ -145,87 +139,6 @@ def measured_times(
 
 
 # ---------------------------------------------------------------------------------------------
-# The run's length in the study's terms: steps, epochs, samples seen
-
-
-def _max_lead_steps(lead_times_h: Sequence[int], time_step_h: float) -> int:
-    return int(round(max(int(h) for h in lead_times_h) / float(time_step_h)))
-
-
-def start_times_in_cache(meta: Mapping[str, Any], *, split: str = "train") -> int:
-    """Forecast start times of a cache's split: per year, its time steps minus the longest lead.
-
-    The same count :class:`aqnet.data.CacheDataset` indexes (its items are these start times x the
-    lead times).
-
-    Args:
-        meta: the cache's ``meta.json`` (``split``, ``per_year[year].n_times``, ``time_step_h``,
-            ``lead_times_h``).
-        split: ``train``, ``val`` or ``test``.
-    """
-    lead_steps = _max_lead_steps(meta["lead_times_h"], meta["time_step_h"])
-    years = meta["split"][split]
-    return sum(max(int(meta["per_year"][str(y)]["n_times"]) - lead_steps, 0) for y in years)
-
-
-def estimated_start_times(cfg: Mapping[str, Any]) -> int:
-    """Forecast start times of the training split, before the cache exists to count them.
-
-    Hourly data is assumed: the demo's ``data.demo.hours`` per year, a real year's calendar hours
-    (8784 in a leap year, else 8760); minus the longest lead time in hours, per year.
-    """
-    lead_h = max(int(h) for h in cfg["lead_times_h"])
-    total = 0
-    for year in cfg["data"]["split"]["train"]:
-        if cfg["data"]["source"] == "demo":
-            hours = int(cfg["data"]["demo"]["hours"])
-        else:
-            leap = (year % 4 == 0 and year % 100 != 0) or year % 400 == 0
-            hours = 8784 if leap else 8760
-        total += max(hours - lead_h, 0)
-    return total
-
-
-def run_length(tcfg: Mapping[str, Any], *, start_times: int) -> dict[str, Any]:
-    """Steps, epochs and samples seen of a training run.
-
-    One epoch is one pass over the training split's forecast start times - the study's unit
-    ("1 epoch = 270 steps" at about 128 samples per step over the ~35,000 hourly start times of
-    2013-2016, issue 14). With ``epochs`` set, ``steps = ceil(epochs x start times / batch_size)``
-    and ``steps`` is not used; without it, ``steps`` is the length and the epochs follow from it.
-
-    Args:
-        tcfg: a ``definitions/train`` section (``finetune``): ``steps``, ``epochs``,
-            ``batch_size`` (global).
-        start_times: forecast start times of the training split.
-
-    Returns:
-        ``{"steps", "epochs", "samples_seen", "start_times", "global_batch", "derived_from"}``;
-        ``derived_from`` is ``"epochs"`` or ``"steps"``.
-
-    Raises:
-        ValueError: no start time to train on.
-    """
-    if start_times < 1:
-        raise ValueError(f"the training split has {start_times} forecast start times; need >= 1")
-    batch = int(tcfg["batch_size"])
-    epochs = tcfg.get("epochs")
-    if epochs is not None:
-        steps = max(1, math.ceil(float(epochs) * start_times / batch))
-        source = "epochs"
-    else:
-        steps, source = int(tcfg["steps"]), "steps"
-    return {
-        "steps": steps,
-        "epochs": steps * batch / start_times,
-        "samples_seen": steps * batch,
-        "start_times": int(start_times),
-        "global_batch": batch,
-        "derived_from": source,
-    }
-
-
-# ---------------------------------------------------------------------------------------------
 # The requested wall time
 
 
@@ -270,10 +183,6 @@ def requested_minutes(
 
 # ---------------------------------------------------------------------------------------------
 # The projection of a whole run: every GPU stage of every variant, against the budget
-
-
-class BudgetExceeded(StageFailure):
-    """The projected GPU-hours exceed ``launch.max_gpu_hours``."""
 
 
 def measured_from_report(
@@ -468,62 +377,3 @@ def format_projection(projection: Mapping[str, Any]) -> list[str]:
         + f"; {projection['start_times']} training start times ({projection['start_times_source']})"
     )
     return lines
-
-
-def check_budget(projection: Mapping[str, Any]) -> None:
-    """Refuse a run whose projected GPU-hours exceed its budget.
-
-    Raises:
-        BudgetExceeded: naming the projected total and the budget.
-    """
-    if projection["over_budget"]:
-        finetunes = [s for s in projection["stages"] if s["stage"] == "finetune"]
-        estimated = any(s["cost"]["source"] == "estimate" for s in finetunes)
-        raise BudgetExceeded(
-            f"projected {projection['total_gpu_hours']:.4g} GPU-hours exceed the budget of "
-            f"{projection['max_gpu_hours']:g} GPU-hours (launch.max_gpu_hours); the fine-tunes "
-            "are not submitted. Lower finetune.epochs, launch.nodes or the number of variants, "
-            "or raise launch.max_gpu_hours"
-            + (
-                "; the step time is still the estimate (launch.step_time_estimate_s): "
-                "`snakemake --until validate_short` measures it"
-                if estimated
-                else ""
-            )
-        )
-
-
-def budget_gate(
-    variant_cfgs: Mapping[str, Mapping[str, Any]],
-    *,
-    reports: Mapping[str, Mapping[str, Any] | None],
-    meta: Mapping[str, Any],
-    report: dict[str, Any],
-) -> str:
-    """Gate ``check_budget``, run after every variant's validate_short and before any fine-tune.
-
-    The projection (:func:`run_projection`) with the measured step times and the cache's count of
-    training start times; the budget is ``launch.max_gpu_hours`` of the first variant (the
-    ``launch`` section is not a variant override). Fills ``report`` with the projection.
-
-    Returns:
-        the one-line reason of a pass.
-
-    Raises:
-        BudgetExceeded: the projected total is over the budget.
-    """
-    first = next(iter(variant_cfgs.values()))
-    projection = run_projection(
-        variant_cfgs,
-        start_times=start_times_in_cache(meta),
-        start_times_source="counted in the cache",
-        measured={v: measured_from_report(reports.get(v), cfg) for v, cfg in variant_cfgs.items()},
-        notes={v: ignored_measurement(reports.get(v), cfg) for v, cfg in variant_cfgs.items()},
-        max_gpu_hours=first["launch"]["max_gpu_hours"],
-    )
-    report.update(projection=projection, lines=format_projection(projection))
-    check_budget(projection)
-    budget = projection["max_gpu_hours"]
-    return f"projected {projection['total_gpu_hours']:.4g} GPU-hours" + (
-        f" within the budget of {budget:g} GPU-hours" if budget is not None else " (no budget)"
-    )

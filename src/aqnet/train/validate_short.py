@@ -31,7 +31,8 @@ from typing import Any
 
 from aqnet.data import read_meta
 from aqnet.stage import StageFailure
-from aqnet.train.cost import finetune_projection, measured_times, start_times_in_cache
+from aqnet.train.cost import finetune_projection, measured_times
+from aqnet.train.length import start_times_in_cache
 from aqnet.train.loop import run_training
 
 __all__ = ["baseline_val_loss", "short_run_cost", "validate_short"]
