@@ -12,7 +12,7 @@ elevation, terrain class and region; where the gain over the control is signific
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +20,15 @@ import numpy as np
 import pandas as pd
 
 from aqnet.report.figures.errors import plot_error_map, plot_rmse
-from aqnet.report.figures.gains import plot_gain_by_elevation, plot_gain_by_region
+from aqnet.report.figures.gains import (
+    plot_gain_by_elevation,
+    plot_gain_by_region,
+    plot_significance_map,
+)
 from aqnet.report.figures.overview import plot_gates, plot_variants
 from aqnet.report.figures.style import pct_label
 from aqnet.report.figures.training import plot_alpha, plot_val_loss
+from aqnet.report.significance import SignificanceMap
 
 FIGURES: dict[str, str] = {
     "val_loss": "val_loss.png",
@@ -32,6 +37,7 @@ FIGURES: dict[str, str] = {
     "error_map": "error_map.png",
     "gain_by_elevation": "gain_by_elevation.png",
     "gain_by_region": "gain_by_region.png",
+    "significance_map": "gain_significance.png",
     "gates": "gates.png",
     "variants": "variants.png",
 }
@@ -48,6 +54,7 @@ __all__ = [
     "plot_gain_by_region",
     "plot_gates",
     "plot_rmse",
+    "plot_significance_map",
     "plot_val_loss",
     "plot_variants",
 ]
@@ -75,6 +82,10 @@ class FigureData:
         alphas: ``{variant: {block: final alpha}}``.
         baseline_eval_loss: the baseline's mean loss on the evaluated samples.
         tag: names the primary variant in titles.
+        significance: per-tile tests of the primary variant against the control
+            (:func:`aqnet.report.significance.significance_map`); ``None`` when not tested.
+        runs: ``{variant: every seed's metrics}`` (``finetune.seeds``): the training figures
+            show the seeds' mean and min-max band.
     """
 
     metrics: Mapping[str, pd.DataFrame]
@@ -98,6 +109,8 @@ class FigureData:
     alphas: Mapping[str, Mapping[int, float]]
     baseline_eval_loss: float
     tag: str
+    significance: SignificanceMap | None = None
+    runs: Mapping[str, Sequence[pd.DataFrame]] = field(default_factory=dict)
 
 
 def make_figures(data: FigureData, out_dir: str | Path) -> dict[str, Path]:
@@ -109,8 +122,9 @@ def make_figures(data: FigureData, out_dir: str | Path) -> dict[str, Path]:
         baseline_val_loss=data.baseline_val_loss,
         threshold=data.threshold,
         out=paths["val_loss"],
+        runs=data.runs,
     )
-    plot_alpha(data.metrics, data.alpha_cols, out=paths["alpha"])
+    plot_alpha(data.metrics, data.alpha_cols, out=paths["alpha"], runs=data.runs)
     plot_rmse(data.rmse, out=paths["rmse"], title=f"RMSE per pollutant and lead time ({data.tag})")
     plot_error_map(
         data.base_map,
@@ -131,6 +145,7 @@ def make_figures(data: FigureData, out_dir: str | Path) -> dict[str, Path]:
         out=paths["gain_by_region"],
         title=f"Gain per region of {rows}x{cols} cells ({data.tag})",
     )
+    _plot_significance(data, paths["significance_map"])
     plot_gates(data.gates, data.costs, out=paths["gates"])
     plot_variants(
         data.comparison,
@@ -140,3 +155,36 @@ def make_figures(data: FigureData, out_dir: str | Path) -> dict[str, Path]:
         out=paths["variants"],
     )
     return paths
+
+
+def _plot_significance(data: FigureData, out: Path) -> Path:
+    """The significance map of ``data.significance``, or an empty one that says why."""
+    sig = data.significance
+    rows, cols = data.region_cells
+    if sig is None:
+        ry, rx = data.elevation_m.shape[0] // rows, data.elevation_m.shape[1] // cols
+        empty = np.full((max(ry, 1), max(rx, 1)), np.nan)
+        return plot_significance_map(
+            empty,
+            np.zeros(empty.shape, dtype=bool),
+            lat=data.lat,
+            lon=data.lon,
+            elevation_m=data.elevation_m,
+            out=out,
+            title=f"Significant gain over the control ({data.tag}): not tested",
+            note="No control arm, or evaluations without per-tile errors (tile_mse).",
+        )
+    return plot_significance_map(
+        sig.gain_pct,
+        sig.significant,
+        lat=data.lat,
+        lon=data.lon,
+        elevation_m=data.elevation_m,
+        out=out,
+        title=f"{sig.new_name} vs {sig.ref_name}: significant gain per tile of {rows}x{cols} cells",
+        note=(
+            f"{sig.n_significant} of {sig.n_tested} tiles significant (coloured, *) at a "
+            f"family-wise {sig.alpha:g} after {sig.correction}'s correction over the "
+            f"{sig.n_tested} tiles; grey: not significant; white: not tested."
+        ),
+    )

@@ -118,3 +118,85 @@ def plot_gain_by_region(
     ax.set(xlabel="longitude [deg E]", ylabel="latitude [deg N]")
     ax.set_title(title or "Gain per region")
     return save(fig, out)
+
+
+def significant_gain(gain_pct: np.ndarray, significant: np.ndarray) -> np.ma.MaskedArray:
+    """The array the significance map draws: the gain where significant, masked elsewhere.
+
+    Args:
+        gain_pct: ``(Ry, Rx)`` gain per tile (NaN where not tested).
+        significant: ``(Ry, Rx)`` bool, significant after the correction.
+    """
+    gain = np.asarray(gain_pct, dtype=np.float64)
+    keep = np.asarray(significant, dtype=bool) & np.isfinite(gain)
+    return np.ma.masked_array(gain, mask=~keep)
+
+
+def plot_significance_map(
+    gain_pct: np.ndarray,
+    significant: np.ndarray,
+    *,
+    lat: np.ndarray,
+    lon: np.ndarray,
+    elevation_m: np.ndarray,
+    out: Path,
+    title: str = "",
+    note: str = "",
+) -> Path:
+    """Where the gain over the control is significant: tiles coloured by gain, the rest grey.
+
+    Args:
+        gain_pct: ``(Ry, Rx)`` gain per tile, NaN where not tested (outside the domain).
+        significant: ``(Ry, Rx)`` bool, significant after the multiple-testing correction.
+        lat, lon: the grid's cell centres, ``(H,)`` and ``(W,)``.
+        elevation_m: ``(H, W)`` terrain height (contours).
+        out: the PNG to write.
+        title: the axes title; note: a line under the map (the test and its correction).
+    """
+    box = map_extent(lat, lon)
+    fig = Figure(figsize=(7.5, 5.0))
+    ax = fig.subplots()
+    gain = np.asarray(gain_pct, dtype=np.float64)
+    tested = np.isfinite(gain)
+    # not significant: light grey; not tested: white (the figure's background)
+    ax.imshow(
+        np.ma.masked_array(np.ones_like(gain), mask=~tested),
+        origin="lower",
+        extent=box,
+        cmap="Greys",
+        vmin=0.0,
+        vmax=5.0,
+        aspect="auto",
+    )
+    shown = significant_gain(gain, significant)
+    vmax = robust_max(gain, q=100.0)
+    im = ax.imshow(
+        shown,
+        origin="lower",
+        extent=box,
+        cmap="RdBu",
+        norm=TwoSlopeNorm(vcenter=0.0, vmin=-vmax, vmax=vmax),
+        aspect="auto",
+    )
+    fig.colorbar(im, ax=ax, label="gain over the control [%] (blue = better), significant tiles")
+    terrain_contours(ax, lon, lat, elevation_m)
+    ry, rx = gain.shape
+    if ry * rx <= 64:
+        x0, x1, y0, y1 = box
+        for r in range(ry):
+            for c in range(rx):
+                if tested[r, c]:
+                    ax.text(
+                        x0 + (c + 0.5) * (x1 - x0) / rx,
+                        y0 + (r + 0.5) * (y1 - y0) / ry,
+                        pct_label(gain[r, c]) + ("*" if significant[r, c] else ""),
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if significant[r, c] else "black",
+                    )
+    ax.set(xlabel="longitude [deg E]", ylabel="latitude [deg N]")
+    ax.set_title(title or "Where the gain over the control is significant")
+    if note:
+        ax.text(0.0, -0.16, note, transform=ax.transAxes, fontsize=7, va="top", wrap=True)
+    return save(fig, out)

@@ -1,15 +1,73 @@
-"""Training figures: validation and training loss, and elevation_alpha, against step."""
+"""Training figures: validation and training loss, and elevation_alpha, against step.
+
+With several fine-tune seeds per variant (``finetune.seeds``) each curve is the mean over the
+seeds, with a band from the lowest to the highest seed (:func:`seed_band`); with one seed it is
+that run's curve.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
 from aqnet.report.figures.style import BASELINE_COLOUR, THRESHOLD_COLOUR, palette, save
+
+SEED_BAND_ALPHA = 0.25
+
+
+def seed_band(runs: Sequence[pd.DataFrame], column: str) -> pd.DataFrame:
+    """Mean, min and max of ``column`` over the runs, on the steps every run logged it.
+
+    Args:
+        runs: each seed's metrics (columns ``step`` and ``column``).
+        column: the metric.
+
+    Returns:
+        Columns ``step``, ``mean``, ``min``, ``max``, ``n_runs``, one row per common step, in step
+        order (a step logged twice in one run, e.g. after a resume, counts once: the last).
+    """
+    series = []
+    for k, df in enumerate(runs):
+        rows = df[df[column].notna()]
+        series.append(rows.groupby("step")[column].last().rename(k))
+    table = pd.concat(series, axis=1, join="inner").sort_index()
+    return pd.DataFrame(
+        {
+            "step": table.index.to_numpy(),
+            "mean": table.mean(axis=1).to_numpy(),
+            "min": table.min(axis=1).to_numpy(),
+            "max": table.max(axis=1).to_numpy(),
+            "n_runs": len(runs),
+        }
+    )
+
+
+def _curve(
+    ax: Any,
+    name: str,
+    df: pd.DataFrame,
+    runs: Sequence[pd.DataFrame] | None,
+    column: str,
+    style: str,
+    **kw: Any,
+) -> None:
+    """One variant's curve of ``column``: the seeds' mean and min-max band, or the one run."""
+    if runs is not None and len(runs) > 1:
+        band = seed_band(runs, column)
+        ax.plot(
+            band["step"], band["mean"], style, label=f"{name} (mean of {len(runs)} seeds)", **kw
+        )
+        ax.fill_between(
+            band["step"], band["min"], band["max"], alpha=SEED_BAND_ALPHA, color=kw.get("color")
+        )
+        return
+    rows = df[df[column].notna()]
+    ax.plot(rows["step"], rows[column], style, label=name, **kw)
 
 
 def plot_val_loss(
@@ -18,6 +76,7 @@ def plot_val_loss(
     baseline_val_loss: float,
     threshold: float,
     out: Path,
+    runs: Mapping[str, Sequence[pd.DataFrame]] | None = None,
 ) -> Path:
     """val_loss against step per variant with the baseline and threshold lines; train loss beside.
 
@@ -27,14 +86,16 @@ def plot_val_loss(
         baseline_val_loss: the baseline's validation loss (a horizontal line).
         threshold: the success threshold (a horizontal line).
         out: the PNG to write.
+        runs: ``{variant: every seed's metrics}``; a variant with several is drawn as the
+            seeds' mean with a min-max band.
     """
+    runs = runs or {}
     fig = Figure(figsize=(11, 4.2))
     ax_val, ax_train = fig.subplots(1, 2)
     for colour, (name, df) in zip(palette(len(metrics)), metrics.items(), strict=True):
-        val = df[df["val_loss"].notna()]
-        ax_val.plot(val["step"], val["val_loss"], "o-", color=colour, ms=3, label=name)
-        tr = df[df["train_loss"].notna()]
-        ax_train.plot(tr["step"], tr["train_loss"], "-", color=colour, lw=1, label=name)
+        seeds = runs.get(name)
+        _curve(ax_val, name, df, seeds, "val_loss", "o-", color=colour, ms=3)
+        _curve(ax_train, name, df, seeds, "train_loss", "-", color=colour, lw=1)
     ax_val.axhline(
         baseline_val_loss,
         color=BASELINE_COLOUR,
@@ -59,7 +120,11 @@ def plot_val_loss(
 
 
 def plot_alpha(
-    metrics: Mapping[str, pd.DataFrame], alpha_cols: Mapping[str, Mapping[int, str]], *, out: Path
+    metrics: Mapping[str, pd.DataFrame],
+    alpha_cols: Mapping[str, Mapping[int, str]],
+    *,
+    out: Path,
+    runs: Mapping[str, Sequence[pd.DataFrame]] | None = None,
 ) -> Path:
     """``elevation_alpha`` of each TopoFlow block against step, per variant.
 
@@ -67,7 +132,10 @@ def plot_alpha(
         metrics: ``{variant: metrics DataFrame}``.
         alpha_cols: ``{variant: {block: column}}`` (``aqnet.report.inputs.alpha_columns``).
         out: the PNG to write.
+        runs: ``{variant: every seed's metrics}``; a variant with several is drawn as the
+            seeds' mean with a min-max band.
     """
+    runs = runs or {}
     fig = Figure(figsize=(7.5, 4.2))
     ax = fig.subplots()
     styles = ["-", "--", ":", "-."]
@@ -76,13 +144,14 @@ def plot_alpha(
     drawn = 0
     for k, (name, df) in enumerate(metrics.items()):
         for block, col in alpha_cols.get(name, {}).items():
-            rows = df[df[col].notna()]
-            ax.plot(
-                rows["step"],
-                rows[col],
+            _curve(
+                ax,
+                f"{name}: block {block}",
+                df,
+                runs.get(name),
+                col,
                 styles[k % len(styles)],
                 color=colours[block],
-                label=f"{name}: block {block}",
             )
             drawn += 1
     ax.axhline(0.0, color="0.5", lw=0.8)
