@@ -109,7 +109,7 @@ def evaluations(setup: dict[str, Any]) -> dict[str, Any]:
 def test_evaluate_with_alpha_zero_equals_the_baseline(evaluations):
     ds = evaluations["alpha0"]
     sizes = {"model": 2, "sample": 2, "lead_time": 4, "pollutant": 6, "y": 16, "x": 32, "region": 4}
-    assert dict(ds.sizes) == sizes
+    assert dict(ds.sizes) == {**sizes, "tile": 16}  # wind-scan tiles of 4 x 8 cells
     mse = ds["mse"]
     assert np.isfinite(mse.values).all()
     np.testing.assert_allclose(
@@ -150,6 +150,21 @@ def test_evaluate_writes_the_layout(setup, evaluations):
     # alpha = ALPHA changes the fine-tune's predictions.
     diff = ds["mse"].sel(model="finetuned") - ds["mse"].sel(model="baseline")
     assert float(np.abs(diff).max()) > 1e-6
+
+
+def test_tile_errors_add_up_to_the_domain_error(setup, evaluations):
+    """Each tile's MSE, weighted by its scored cells, averages to the domain's MSE."""
+    from aqnet.data import load_static
+
+    ds = open_evaluation(evaluations["alpha"])
+    mask = np.asarray(load_static(setup["cache"])["mask"], dtype=np.float64)  # (16, 32)
+    cells = mask.reshape(4, 4, 4, 8).sum((1, 3)).ravel()  # (16,) scored cells per tile
+    tiles = ds["tile_mse"].values  # (2, S, L, 16)
+    assert np.isfinite(tiles[..., cells > 0]).all() and np.isnan(tiles[..., cells == 0]).all()
+    weighted = np.nansum(tiles * cells, axis=-1) / cells.sum()  # (2, S, L)
+    np.testing.assert_allclose(weighted, ds["mse"].values.mean(-1), rtol=1e-6)  # float32 sums
+    diff = ds["tile_mse"].sel(model="finetuned") - ds["tile_mse"].sel(model="baseline")
+    assert float(np.nanmax(np.abs(diff))) > 1e-6  # alpha = ALPHA moves them
 
 
 def test_evaluate_matches_the_training_loss(setup, evaluations):
@@ -311,7 +326,13 @@ def test_report_builds_every_file(report_run):
     md_rows = [[c.strip() for c in line.strip("|").split("|")] for line in md.splitlines()]
     assert ["finetune", "default", "1", "0.5", "0.5", "benchmark file"] in md_rows
     assert md.splitlines()[2] == f"## Verdict: {result['verdict']} (variant default)"
-    assert (out / "summary.html").read_text().count("data:image/png;base64,") == 8
+    assert (out / "summary.html").read_text().count("data:image/png;base64,") == 9
+    # the significance map's tests: every tile of 4 x 8 cells that holds scored cells against
+    # the control, none significant on one day of samples
+    tiles = pd.read_csv(out / "gain_significance.csv")
+    assert tiles.tile.tolist() == list(range(1, 16))  # tile 0 holds no scored cell
+    assert not tiles.significant.any()
+    assert (tiles.p_holm >= tiles.p_value).all()
     table = pd.read_csv(out / "rmse_table.csv")
     assert len(table) == 30 and set(table.pollutant) == set(POLLUTANTS)
     variants = pd.read_csv(out / "variants.csv")

@@ -94,6 +94,12 @@ rule report:
             category="Errors",
         ),
         regions_csv=result("report/gain_by_region.csv"),
+        significance_map=report(
+            result("report/gain_significance.png"),
+            caption="../report/gain_significance.rst",
+            category="Errors",
+        ),
+        significance_csv=result("report/gain_significance.csv"),
         gates=report(
             result("report/gates.png"), caption="../report/gates.rst", category="Gates"
         ),

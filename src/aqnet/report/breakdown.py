@@ -27,7 +27,7 @@ PUBLISHED_RMSE: dict[str, tuple[float, str]] = {"pm25": (9.71, "ug m-3")}
 """RMSE the study reports for the TopoFlow model, by pollutant (value, units)."""
 
 
-def _per_sample(ev: xr.Dataset, model: str, dim_mean: str, var: str = "mse") -> pd.DataFrame:
+def per_sample_table(ev: xr.Dataset, model: str, dim_mean: str, var: str = "mse") -> pd.DataFrame:
     """``(init_time x key)`` per-sample loss of ``model`` in ``var``, averaged over ``dim_mean``."""
     mse = ev[var].sel(model=model)  # (sample, lead_time, pollutant | region)
     with warnings.catch_warnings():
@@ -86,11 +86,11 @@ def breakdown_tests(
     if "region_mse" in ev_new and (ev_ref is None or "region_mse" in ev_ref):
         families.append(("region", "lead_time", "region_mse"))
     for family, dim_mean, var in families:
-        new = _per_sample(ev_new, FINETUNED, dim_mean, var)
+        new = per_sample_table(ev_new, FINETUNED, dim_mean, var)
         if ev_ref is None:
-            ref = _per_sample(ev_new, BASELINE, dim_mean, var)
+            ref = per_sample_table(ev_new, BASELINE, dim_mean, var)
         else:
-            ref = _per_sample(ev_ref, FINETUNED, dim_mean, var)
+            ref = per_sample_table(ev_ref, FINETUNED, dim_mean, var)
         ref, new = ref.align(new, join="inner", axis=0)
         family_rows = []
         for key in new.columns:

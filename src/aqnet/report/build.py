@@ -17,6 +17,7 @@ file                        content
 ``error_map.png``           baseline error map and the difference map with terrain contours
 ``gain_by_elevation.png``   gain by elevation band and by terrain class
 ``gain_by_region.png``      gain per wind-scan region, as a map
+``gain_significance.png``   where the gain over the control is significant (per tile, Holm)
 ``gain_by_region.csv``      the same as a table, best region first
 ``gates.png``               gate outcomes and the projected vs measured fine-tune cost
 ``variants.png``            comparison across variants (loss with CIs, RMSE, alpha, cost)
@@ -72,6 +73,7 @@ from aqnet.report.inputs import (
     read_json_report,
 )
 from aqnet.report.seeds import pool_runs, run_means, seed_test
+from aqnet.report.significance import significance_map
 from aqnet.report.usage import usage_rows
 from aqnet.stage import write_json
 
@@ -81,6 +83,7 @@ TABLES: dict[str, str] = {
     "rmse_csv": "rmse_table.csv",
     "rmse_html": "rmse_table.html",
     "regions_csv": "gain_by_region.csv",
+    "significance_csv": "gain_significance.csv",
     "variants_csv": "variants.csv",
 }
 OUTPUTS: dict[str, str] = {
@@ -269,6 +272,14 @@ def build_report(
         ref_name=control or "baseline",
         new_name=primary,
     )
+    significance = significance_map(
+        main.evaluation,
+        rcfg,
+        ev_ref=None if control is None else variants[control].evaluation,
+        ref_name=control or "baseline",
+        new_name=primary,
+        grid_shape=(main.evaluation.sizes["y"], main.evaluation.sizes["x"]),
+    )
     comparison = _comparison(variants, verdicts, vs_baseline, rcfg, cfg["launch"])
     best = _best_variant(variants, verdicts, control=control)
 
@@ -320,8 +331,13 @@ def build_report(
             alphas={n: v.final_alphas() for n, v in variants.items()},
             baseline_eval_loss=float(np.mean(analysis.paired_samples(ev)[0])),
             tag=tag,
+            significance=significance,
+            runs={n: [runs[r].metrics for r in members] for n, members in groups.items()},
         ),
         out_dir,
+    )
+    (pd.DataFrame() if significance is None else significance.table).to_csv(
+        paths["significance_csv"], index=False, float_format="%.6g"
     )
 
     rmse.to_csv(paths["rmse_csv"], index=False, float_format="%.6g")

@@ -16,6 +16,9 @@ variable               dimensions                                   meaning
 ``region_mse``         ``(model, sample, lead_time, region)``       masked MSE over each named
                                                                     region (basin, plateau, plain,
                                                                     mountain), mean of pollutants
+``tile_mse``           ``(model, sample, lead_time, tile)``         masked MSE over each wind-scan
+                                                                    tile of ``region_cells``
+                                                                    (row-major), mean of pollutants
 =====================  ===========================================  ===============================
 
 Coordinates: ``model`` (``baseline``, ``finetuned``); ``sample`` (one forecast start: the input
@@ -260,6 +263,9 @@ def evaluate(
         [torch.as_tensor(codes == r, dtype=torch.float64) for r in range(len(REGION_NAMES))]
     ).to(dev)  # (R, H, W)
     region_mse = np.full((2, n_s, n_l, len(REGION_NAMES)), np.nan)
+    tile_rows, tile_cols = (int(c) for c in info["region_cells"])
+    n_tiles = (ny // tile_rows) * (nx // tile_cols)
+    tile_mse = np.full((2, n_s, n_l, n_tiles), np.nan)
 
     done = 0
     for batch in loader:
@@ -281,6 +287,9 @@ def evaluate(
             r_sq = torch.einsum("bchw,rhw->br", err.square() * w4, onehot)  # (B, R)
             r_w = torch.einsum("bchw,rhw->br", w4, onehot)  # (B, R)
             per_region = sample_mse(r_sq, r_w).cpu().numpy()  # (B, R), NaN where empty
+            t_sq = _tile_sums((err.square() * w4).sum(1), tile_rows, tile_cols)  # (B, T)
+            t_w = _tile_sums(w4.sum(1), tile_rows, tile_cols)  # (B, T)
+            per_tile = sample_mse(t_sq, t_w).cpu().numpy()  # (B, T), NaN where empty
             if m == 0:
                 w_map += w4.sum(0).cpu()  # (C, H, W)
             for k in range(b):
@@ -288,6 +297,7 @@ def evaluate(
                 s, j = start_index[(int(year), int(tindex))], lead_index[int(round(lead_h))]
                 mse[m, s, j] = per[k]
                 region_mse[m, s, j] = per_region[k]
+                tile_mse[m, s, j] = per_tile[k]
                 if m == 0:
                     valid_time[s, j] = np.datetime64(vt, "ns")
                     init_time[s] = np.datetime64(vt, "ns") - np.timedelta64(int(lead_h), "h")
@@ -310,6 +320,7 @@ def evaluate(
         lon=np.asarray(static["lon"], dtype=np.float64),
         region_cells=info["region_cells"],
         region_mse=region_mse,
+        tile_mse=tile_mse,
         attrs={
             "variant": str(cfg.get("variant", "default")),
             "split": split,
@@ -350,6 +361,7 @@ def evaluation_dataset(
     region_cells: Sequence[int],
     attrs: Mapping[str, Any] | None = None,
     region_mse: np.ndarray | None = None,
+    tile_mse: np.ndarray | None = None,
 ) -> xr.Dataset:
     """Assemble the evaluation dataset (layout in the module docstring).
 
@@ -367,6 +379,9 @@ def evaluation_dataset(
         attrs: further attributes (variant, split, checkpoints, ...).
         region_mse: ``(2, S, L, R)`` masked MSE over the cells of each named region
             (:data:`aqnet.report.analysis.REGION_NAMES`), averaged over pollutants; optional.
+        tile_mse: ``(2, S, L, T)`` masked MSE over each wind-scan tile of ``region_cells``
+            grid cells (row-major, ``T = (H / rows) * (W / cols)``), averaged over pollutants;
+            optional.
     """
     mse = np.asarray(mse, dtype=np.float64)
     n_models, n_s, n_l, n_c = mse.shape
@@ -436,7 +451,25 @@ def evaluation_dataset(
                 "units": "1 (normalised)",
             },
         )
+    if tile_mse is not None:
+        ds["tile_mse"] = xr.DataArray(
+            np.asarray(tile_mse, dtype=np.float64),
+            dims=("model", "sample", "lead_time", "tile"),
+            coords={"tile": np.arange(np.shape(tile_mse)[-1])},
+            attrs={
+                "long_name": "masked mean squared error over each wind-scan tile of region_cells "
+                "grid cells (row-major), mean over pollutants",
+                "units": "1 (normalised)",
+            },
+        )
     return ds
+
+
+def _tile_sums(values: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """``values (B, H, W)`` summed over tiles of ``rows x cols`` cells -> ``(B, T)``, row-major."""
+    b, h, w = values.shape
+    tiles = values.reshape(b, h // rows, rows, w // cols, cols)  # (B, Ry, rows, Rx, cols)
+    return tiles.sum((2, 4)).reshape(b, -1)
 
 
 def _finite_or_nan(value: float | None) -> float:
@@ -448,7 +481,7 @@ def write_evaluation(ds: xr.Dataset, path: str | Path) -> Path:
     path = Path(path)
     encoding = {
         name: {"zlib": True, "complevel": 4}
-        for name in ("mse", "rmse_phys", "sq_err_map", "region_mse")
+        for name in ("mse", "rmse_phys", "sq_err_map", "region_mse", "tile_mse")
         if name in ds
     }
     atomic_save(lambda tmp: ds.to_netcdf(tmp, engine="netcdf4", encoding=encoding), path)

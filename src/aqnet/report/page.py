@@ -186,6 +186,7 @@ def summary_blocks(
     blocks.append(("p", "Regions with the largest gain:"))
     blocks.append(("table", regions.head(5)))
     blocks.append(("img", figures.FIGURES["gain_by_region"]))
+    blocks.append(("img", figures.FIGURES["significance_map"]))
     blocks.append(("h2", "Gates and cost"))
     blocks.append(("table", pd.DataFrame(gates)))
     blocks.append(("p", "GPU-hours per GPU stage: projected by check_budget, and used."))

@@ -30,8 +30,9 @@ from aqnet.report.inputs import VariantResults
 def pool_runs(runs: Sequence[VariantResults]) -> VariantResults:
     """One variant's runs (seeds) as one: errors averaged over the runs, the first run's rest.
 
-    ``mse``, ``rmse_phys ** 2`` and ``sq_err_map`` are averaged over the runs on the same
-    samples; training metrics, config and gates are the first run's.
+    ``mse``, ``rmse_phys ** 2``, ``sq_err_map`` and (where every run has them) ``region_mse`` and
+    ``tile_mse`` are averaged over the runs on the same samples; training metrics, config and
+    gates are the first run's.
 
     Raises:
         ValueError: when the runs were evaluated on different samples or splits.
@@ -59,6 +60,10 @@ def pool_runs(runs: Sequence[VariantResults]) -> VariantResults:
     pooled["mse"] = mse.assign_attrs(ev0["mse"].attrs)
     pooled["rmse_phys"] = np.sqrt(rmse_sq).assign_attrs(ev0["rmse_phys"].attrs)
     pooled["sq_err_map"] = maps.assign_attrs(ev0["sq_err_map"].attrs)
+    for name in ("region_mse", "tile_mse"):  # optional per-area errors
+        if all(name in r.evaluation for r in runs):
+            area = xr.concat([r.evaluation[name] for r in runs], "run").mean("run")
+            pooled[name] = area.assign_attrs(ev0[name].attrs)
     pooled.attrs["pooled_runs"] = ", ".join(r.name for r in runs)
     return dataclasses.replace(first, evaluation=pooled)
 
