@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 
-import aqnet.stage
 from aqnet.atomic import WriteFailure, atomic_save, atomic_write_bytes, current_umask
 from aqnet.stage import StageFailure
 
@@ -70,10 +69,3 @@ def test_a_failed_write_keeps_the_previous_file_and_is_a_stage_failure(tmp_path:
     assert "free of" in msg and "the previous last.pt (written " in msg and "is intact" in msg
     assert isinstance(err.value, StageFailure) and err.value.errno_code == 28
     assert target.read_bytes() == b"old" and sorted(tmp_path.iterdir()) == [target]
-
-
-def test_the_old_import_path_in_aqnet_stage_still_works() -> None:
-    assert aqnet.stage.atomic_save is atomic_save
-    assert aqnet.stage.WriteFailure is WriteFailure
-    with pytest.raises(AttributeError, match="no attribute 'not_there'"):
-        _ = aqnet.stage.not_there

@@ -27,26 +27,6 @@ from typing import Any
 
 log = logging.getLogger("aqnet")
 
-_MOVED_TO_ATOMIC = frozenset(
-    {
-        "WriteFailure",
-        "atomic_save",
-        "atomic_write_bytes",
-        "describe_write_failure",
-        "fsync_dir",
-        "fsync_file",
-    }
-)
-
-
-def __getattr__(name: str) -> Any:
-    """The atomic writes moved to :mod:`aqnet.atomic`; their old import path still works."""
-    if name in _MOVED_TO_ATOMIC:
-        import aqnet.atomic
-
-        return getattr(aqnet.atomic, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
 
 class StageFailure(Exception):
     """A check failed; the message is the one-line reason shown to the user."""

@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from aqnet.atomic import atomic_save
 from aqnet.data.demo.emissions import static_fields
 from aqnet.data.demo.simulate import simulate_year
 from aqnet.data.demo.terrain import BLOCKED_FLOWS, DEMO_BLOCKED_FLOW, Terrain, load_terrain
-from aqnet.stage import atomic_save
 
 UNITS: dict[str, str] = {
     "u": "m s-1",
