@@ -205,7 +205,7 @@ def _is_png(path: Path) -> bool:
     return path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
 
 
-def test_make_figures_writes_every_figure(tmp_path, static):
+def test_make_figures_writes_every_figure(tmp_path, static, monkeypatch):
     ev = constructed_evaluation(static)
     other = constructed_evaluation(static, high_gain=0.1)
     metrics = {
@@ -261,11 +261,64 @@ def test_make_figures_writes_every_figure(tmp_path, static):
         baseline_eval_loss=1.0,
         tag="variant default",
     )
+    drawn = _capture_figures(monkeypatch)
     paths = figures.make_figures(data, tmp_path / "report")
     assert set(paths) == set(figures.FIGURES)
     for key, path in paths.items():
         assert path.name == figures.FIGURES[key]
         assert _is_png(path), path
+        _assert_not_blank(path)
+
+    # What is plotted is the data: the validation curves and the baseline line ...
+    ax_val = drawn["val_loss.png"].axes[0]
+    for name, df in metrics.items():
+        (line,) = [ln for ln in ax_val.get_lines() if ln.get_label() == name]
+        rows = df[df["val_loss"].notna()]
+        np.testing.assert_allclose(line.get_xdata(), rows["step"])
+        np.testing.assert_allclose(line.get_ydata(), rows["val_loss"])
+    baseline = [ln for ln in ax_val.get_lines() if ln.get_label().startswith("baseline val_loss")]
+    assert len(baseline) == 1 and np.allclose(baseline[0].get_ydata(), 1.0)
+    # ... alpha per block, from the metrics' columns ...
+    ax_alpha = drawn["alpha.png"].axes[0]
+    (alpha1,) = [ln for ln in ax_alpha.get_lines() if ln.get_label() == "blocks01: block 1"]
+    np.testing.assert_allclose(alpha1.get_ydata(), metrics["blocks01"]["alpha_block1"])
+    # ... the RMSE bars of the first pollutant, baseline then fine-tuned, per lead time ...
+    ax_rmse = drawn["rmse_by_pollutant.png"].axes[0]
+    first = data.rmse[
+        (data.rmse["pollutant"] == POLLUTANTS[0]) & (data.rmse["lead_time_h"] != "all")
+    ]
+    heights = [bar.get_height() for bar in ax_rmse.patches]
+    np.testing.assert_allclose(heights[: len(first)], first["rmse_baseline"])
+    np.testing.assert_allclose(heights[len(first) : 2 * len(first)], first["rmse_finetuned"])
+    # ... and the error maps: the baseline's, then fine-tuned - baseline (NaN off the domain).
+    base_img, diff_img = (ax.get_images()[0] for ax in drawn["error_map.png"].axes[:2])
+    np.testing.assert_allclose(np.ma.filled(base_img.get_array(), np.nan), base_map)
+    np.testing.assert_allclose(np.ma.filled(diff_img.get_array(), np.nan), ft_map - base_map)
+
+
+def _capture_figures(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """Record every figure as it is saved: ``{file name: Figure}``."""
+    from matplotlib.figure import Figure
+
+    drawn: dict[str, Any] = {}
+    real = Figure.savefig
+
+    def savefig(fig: Any, fname: Any, *args: Any, **kwargs: Any) -> Any:
+        drawn[Path(fname).name] = fig
+        return real(fig, fname, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", savefig)
+    return drawn
+
+
+def _assert_not_blank(path: Path) -> None:
+    """More than frames, ticks and titles (which are grey): at least 0.3 % of the pixels are
+    coloured (curves, bars, colour maps; an empty two-panel figure has none)."""
+    import matplotlib.image
+
+    pixels = matplotlib.image.imread(path)[..., :3]
+    coloured = (pixels.max(axis=-1) - pixels.min(axis=-1)) > 0.15
+    assert coloured.mean() > 0.003, f"{path.name} is blank: {coloured.mean():.2%} coloured pixels"
 
 
 def test_alpha_figure_without_topoflow_blocks(tmp_path):
