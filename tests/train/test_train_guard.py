@@ -136,6 +136,22 @@ def test_watchdog_saves_and_stops_a_run_with_an_injected_slow_step(
     assert done["resumed_from"] == 6 and done["completed"]
 
 
+def test_no_step_time_watchdog_when_max_slowdown_is_null(
+    tiny_config: dict[str, Any], tiny_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The demo's setting: every step 100x slower than expected, and the run still finishes."""
+    cfg = _config(tiny_config, steps=6, watchdog={"window_steps": 1, "max_slowdown": None})
+    clock = {"now": 0.0}
+
+    def perf_counter() -> float:
+        clock["now"] += 5.0  # each step 5 s on the loop's clock
+        return clock["now"]
+
+    monkeypatch.setattr(loop_module, "time", types.SimpleNamespace(perf_counter=perf_counter))
+    done = _baseline(cfg, tiny_cache, tmp_path, expected_step_time_s=0.05)
+    assert done["completed"] and done["steps_done"] == 6
+
+
 def test_the_cli_exits_with_the_watchdog_code_reading_validate_shorts_report(
     tiny_config: dict[str, Any], tiny_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

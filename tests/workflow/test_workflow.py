@@ -42,6 +42,12 @@ def test_demo_dag_has_every_stage_once(tmp_path: Path) -> None:
     result = run_snakemake(tmp_path, REPO / "config.yaml", "--dry-run")
     assert result.returncode == 0, result.stdout
     assert job_counts(result.stdout) == expected_counts(3)
+    # The report rule's outputs are the package's list (aqnet.report.build.OUTPUTS)
+    from aqnet.report.build import OUTPUTS
+
+    outputs = re.search(r"rule report:\n(?:.*\n)*?\s+output: (.*)", result.stdout)
+    assert outputs, result.stdout[-3000:]
+    assert outputs.group(1).split(", ") == [f"results/report/{n}" for n in OUTPUTS.values()]
     assert "results/variants/no_elevation_bias/evaluation.nc" in result.stdout
 
 

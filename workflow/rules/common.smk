@@ -86,6 +86,23 @@ def reference_orders() -> str:
     return _planned(PLAN.reference_orders)
 
 
+def report_outputs() -> dict:
+    """The report rule's outputs: every file of aqnet.report.build.OUTPUTS under report/, those
+    of REPORT_CATEGORIES shown in Snakemake's HTML report with workflow/report/<stem>.rst.
+    """
+    from aqnet.report.build import OUTPUTS, REPORT_CATEGORIES
+
+    captions = Path(workflow.basedir) / "workflow" / "report"
+    outputs = {}
+    for key, name in OUTPUTS.items():
+        path = result(f"report/{name}")
+        if key in REPORT_CATEGORIES:
+            caption = str(captions / f"{Path(name).stem}.rst")
+            path = report(path, caption=caption, category=REPORT_CATEGORIES[key])
+        outputs[key] = path
+    return outputs
+
+
 def _folder(files) -> str:
     """The folder of a file, or of a list of files that share one."""
     listed = [files] if isinstance(files, str) else files

@@ -1,5 +1,6 @@
-# Evaluation of each variant against the baseline, and the report across variants. The figure
-# and table names are aqnet.report.build.OUTPUTS; their captions are workflow/report/<name>.rst.
+# Evaluation of each variant against the baseline, and the report across variants. The report's
+# outputs are aqnet.report.build.OUTPUTS (report_outputs in common.smk); their captions are
+# workflow/report/<name>.rst.
 
 
 rule evaluate:
@@ -46,69 +47,7 @@ rule report:
         # The projection beside the GPU-hours used (benchmark files, or sacct on Slurm).
         budget=rules.check_budget.output.report,
     output:
-        verdict=report(
-            result("report/verdict.json"),
-            caption="../report/verdict.rst",
-            category="Verdict",
-        ),
-        summary_html=report(
-            result("report/summary.html"),
-            caption="../report/summary.rst",
-            category="Verdict",
-        ),
-        summary_md=result("report/summary.md"),
-        val_loss=report(
-            result("report/val_loss.png"),
-            caption="../report/val_loss.rst",
-            category="Training",
-        ),
-        alpha=report(
-            result("report/alpha.png"),
-            caption="../report/alpha.rst",
-            category="Training",
-        ),
-        rmse=report(
-            result("report/rmse_by_pollutant.png"),
-            caption="../report/rmse_by_pollutant.rst",
-            category="Errors",
-        ),
-        rmse_csv=result("report/rmse_table.csv"),
-        rmse_html=report(
-            result("report/rmse_table.html"),
-            caption="../report/rmse_table.rst",
-            category="Errors",
-        ),
-        error_map=report(
-            result("report/error_map.png"),
-            caption="../report/error_map.rst",
-            category="Errors",
-        ),
-        gain_by_elevation=report(
-            result("report/gain_by_elevation.png"),
-            caption="../report/gain_by_elevation.rst",
-            category="Errors",
-        ),
-        gain_by_region=report(
-            result("report/gain_by_region.png"),
-            caption="../report/gain_by_region.rst",
-            category="Errors",
-        ),
-        regions_csv=result("report/gain_by_region.csv"),
-        significance_map=report(
-            result("report/gain_significance.png"),
-            caption="../report/gain_significance.rst",
-            category="Errors",
-        ),
-        significance_csv=result("report/gain_significance.csv"),
-        gates=report(
-            result("report/gates.png"), caption="../report/gates.rst", category="Gates"
-        ),
-        variants=report(
-            result("report/variants.png"),
-            caption="../report/variants.rst",
-            category="Variants",
-        ),
-        variants_csv=result("report/variants.csv"),
+        **report_outputs(),
     log:
         "logs/report.log",
     conda:

@@ -95,6 +95,24 @@ OUTPUTS: dict[str, str] = {
 }
 """Every file :func:`build_report` writes, by key."""
 
+REPORT_CATEGORIES: dict[str, str] = {
+    "verdict": "Verdict",
+    "summary_html": "Verdict",
+    "val_loss": "Training",
+    "alpha": "Training",
+    "rmse": "Errors",
+    "rmse_html": "Errors",
+    "error_map": "Errors",
+    "gain_by_elevation": "Errors",
+    "gain_by_region": "Errors",
+    "significance_map": "Errors",
+    "gates": "Gates",
+    "variants": "Variants",
+}
+"""The outputs shown in Snakemake's HTML report, by key, with their category there (the others
+are files only); the caption of each is ``workflow/report/<file stem>.rst``. The ``report`` rule's
+outputs are generated from :data:`OUTPUTS` and this."""
+
 
 def _finite(value: Any) -> float | None:
     try:

@@ -241,7 +241,7 @@ class _Trainer:
         wcfg = self.tcfg["watchdog"]
         self.watchdog = (
             None
-            if expected_step_time_s is None
+            if expected_step_time_s is None or wcfg["max_slowdown"] is None
             else StepWatchdog(
                 expected_step_time_s=float(expected_step_time_s),
                 window_steps=int(wcfg["window_steps"]),
