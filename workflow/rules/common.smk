@@ -33,6 +33,9 @@ try:
     CFG = with_seeds(with_control_arm(validate_config(config, source=_source)))
 except ConfigError as exc:
     raise WorkflowError(f"invalid configuration: {exc}") from None
+# What Snakemake itself shows of the config (the HTML report's description) is the same, with
+# its defaults, the control arm and the seeds' runs.
+update_config(config, CFG)
 
 if workflow.is_main_process:  # only the main process reads profiles
     if (_why := _plan.profiles_with_lumi(sys.argv[1:], os.environ)) is not None:
