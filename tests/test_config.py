@@ -7,6 +7,8 @@ import yaml
 
 from aqnet.config import ConfigError, load_config, validate_config, variant_config
 
+REPO = Path(__file__).resolve().parents[1]
+
 
 def test_defaults_filled_from_empty_config():
     cfg = validate_config({})
@@ -47,3 +49,46 @@ def test_load_config_file(tmp_path: Path):
     assert load_config(p)["grid"]["ny"] == 16
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_a_gate_report_survives_changes_its_findings_do_not_depend_on() -> None:
+    """gate_digest: the budget, the report's settings, the results folder and the seeds list do
+    not make validate_short's measurement stale; the batch size or the model do."""
+    import copy
+
+    from aqnet.config import (
+        gate_digest,
+        load_config,
+        report_config_mismatch,
+        variant_config,
+        with_seeds,
+    )
+
+    base = variant_config(load_config(REPO / "config.yaml"), "default")
+    report = {"config_digest": gate_digest(base)}
+    for dotted, value in [
+        ("launch.max_gpu_hours", 500.0),
+        ("report.split", "val"),
+        ("results_dir", "elsewhere"),
+        ("finetune.seeds", [0, 1, 2, 3]),
+    ]:
+        changed = copy.deepcopy(base)
+        *parents, key = dotted.split(".")
+        section = changed
+        for part in parents:
+            section = section[part]
+        section[key] = value
+        assert report_config_mismatch(report, changed, what="r") is None, dotted
+    for dotted, value in [("finetune.batch_size", 3), ("model.h_scale_m", 123.0)]:
+        changed = copy.deepcopy(base)
+        section, key = changed[dotted.split(".")[0]], dotted.split(".")[1]
+        section[key] = value
+        why = report_config_mismatch(report, changed, what="r")
+        assert why is not None and f"was made under config {report['config_digest']}" in why
+    # the seed of the run itself counts: another seed's run is another measurement
+    seeded = with_seeds(
+        {**load_config(REPO / "config.yaml"), "finetune": {**base["finetune"], "seeds": [0, 1]}}
+    )
+    assert gate_digest(variant_config(seeded, "default")) != gate_digest(
+        variant_config(seeded, "default-seed1")
+    )

@@ -10,7 +10,14 @@ from typing import Any
 
 import pytest
 
-from aqnet.config import config_digest, load_config, validate_config, with_control_arm, with_seeds
+from aqnet.config import (
+    config_digest,
+    gate_digest,
+    load_config,
+    validate_config,
+    with_control_arm,
+    with_seeds,
+)
 from aqnet.plan import (
     SHARED_SCOPES,
     Plan,
@@ -78,7 +85,7 @@ def test_a_shared_stage_reruns_only_for_its_own_keys(demo: dict[str, Any]) -> No
     changed["finetune"]["lr"] = float(demo["finetune"]["lr"]) * 2
     other = _plan(changed)
     assert set(SHARED_SCOPES) >= {"data", "baseline", "wind_order", "report"}
-    for scope in ("data", "baseline", "wind_order"):
+    for scope in ("data", "baseline", "wind_order", "network"):
         assert config_digest(plan.shared_config(scope)) == config_digest(other.shared_config(scope))
     assert config_digest(plan.shared_config("report")) != config_digest(
         other.shared_config("report")
@@ -142,7 +149,7 @@ def test_the_projection_quotes_only_a_measurement_of_this_config(demo: dict[str,
         "measured_step_time_s": 0.25,
         "measured_val_time_s": 0.0,
         "world_size": 1,
-        "config_digest": config_digest(plan.resolved_config("default")),
+        "config_digest": gate_digest(plan.resolved_config("default")),
     }
     path = Path(plan.result("variants/default/validate_short.json"))
     path.parent.mkdir(parents=True)

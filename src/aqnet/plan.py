@@ -52,7 +52,16 @@ SHARED_SCOPES: dict[str, tuple[str, ...]] = {
     # verify_wind_order (in wind_scan reference mode it recomputes the validation samples' orders)
     "wind_order": ("results_dir", "data", "grid", "lead_times_h", "model", "validation"),
     # check_network (the model's gradient size, the fine-tune's backend, device and timeout)
-    "network": ("results_dir", "grid", "lead_times_h", "model", "finetune", "launch"),
+    "network": (
+        "results_dir",
+        "grid",
+        "lead_times_h",
+        "model",
+        "finetune.backend",
+        "finetune.device",
+        "finetune.dist_timeout_s",
+        "launch.tasks_per_node",
+    ),
     # report (everything but the variants: it is given their folders)
     "report": (
         "results_dir",

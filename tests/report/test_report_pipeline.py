@@ -23,7 +23,7 @@ import torch
 import yaml
 
 from aqnet.cli import main
-from aqnet.config import POLLUTANTS, config_digest, dump_config, load_resolved, variant_config
+from aqnet.config import POLLUTANTS, dump_config, gate_digest, load_resolved, variant_config
 from aqnet.report.attribution import VERDICTS
 from aqnet.report.build import OUTPUTS
 from aqnet.report.evaluate import evaluate, open_evaluation
@@ -223,7 +223,7 @@ def make_variant_folder(folder: Path, evaluation: Path | None, cfg: dict[str, An
     ).to_csv(folder / "finetune" / "metrics.csv", index=False)
     (folder / "finetune" / "summary.json").write_text(json.dumps({"world_size": 1}))
     dump_config(cfg, folder / "config.yaml")
-    made_under = {"config_digest": config_digest(load_resolved(folder / "config.yaml"))}
+    made_under = {"config_digest": gate_digest(load_resolved(folder / "config.yaml"))}
     (folder / "audit_checkpoint.json").write_text(
         json.dumps({"verdict": "PASS", "load": {"loaded": ["a"], "missing": ["b"]}, **made_under})
     )
@@ -469,12 +469,12 @@ def test_a_gate_report_of_another_config_is_refused(setup, tmp_path):
 
     other = copy.deepcopy(setup["cfg"])
     other["finetune"]["steps"] = int(other["finetune"]["steps"]) + 1
-    gates["validate_short"]["config_digest"] = config_digest(other)
+    gates["validate_short"]["config_digest"] = gate_digest(other)
     with pytest.raises(ValueError) as err:
         check_gates_made_under("default", gates, paths)
     message = str(err.value)
     assert "variant 'default'" in message and "validate_short.json was made under config" in message
-    assert config_digest(other) in message and "rerun validate_short" in message
+    assert gate_digest(other) in message and "rerun validate_short" in message
 
     del gates["validate_short"]["config_digest"]
     with pytest.raises(ValueError, match="records no config digest"):

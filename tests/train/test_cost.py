@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
-from aqnet.config import config_digest, validate_config
+from aqnet.config import gate_digest, validate_config
+from aqnet.stage import StageFailure
 from aqnet.train.budget import BudgetExceeded, budget_gate, check_budget
 from aqnet.train.cost import (
     finetune_projection,
@@ -173,7 +174,7 @@ def test_budget_gate_uses_the_measured_step_times(lumi_cfg) -> None:
         "passed": True,
         "measured_step_time_s": 30.0,
         "measured_val_time_s": 0.0,
-        "config_digest": config_digest(cfg),
+        "config_digest": gate_digest(cfg),
     }
     reports = {"default": {**fast, "world_size": 8}}
     report: dict[str, Any] = {}
@@ -191,6 +192,10 @@ def test_budget_gate_uses_the_measured_step_times(lumi_cfg) -> None:
     report = {}
     budget_gate({"default": cfg}, reports=failed, meta=meta, report=report)
     assert report["projection"]["stages"][1]["cost"]["source"] == "estimate"
+    # A passed report made under another config: the gate refuses rather than fall back.
+    other = {"default": {**fast, "world_size": 8, "config_digest": "0" * 16}}
+    with pytest.raises(StageFailure, match="variant 'default': validate_short's measurement was"):
+        budget_gate({"default": cfg}, reports=other, meta=meta, report={})
 
 
 def test_a_measurement_made_under_another_config_is_not_quoted(lumi_cfg) -> None:
@@ -204,13 +209,13 @@ def test_a_measurement_made_under_another_config_is_not_quoted(lumi_cfg) -> None
         "measured_step_time_s": 0.05,
         "measured_val_time_s": 0.0,
         "world_size": 1,
-        "config_digest": config_digest(demo_cfg),
+        "config_digest": gate_digest(demo_cfg),
     }
     assert measured_from_report(measured) is not None  # no config to compare: used as it is
     assert measured_from_report(measured, demo_cfg) is not None
     assert measured_from_report(measured, cfg) is None
     note = ignored_measurement(measured, cfg)
-    assert note is not None and f"made under config {config_digest(demo_cfg)}" in note
+    assert note is not None and f"made under config {gate_digest(demo_cfg)}" in note
     proj = run_projection(
         {"default": cfg},
         start_times=8000,
@@ -223,7 +228,7 @@ def test_a_measurement_made_under_another_config_is_not_quoted(lumi_cfg) -> None
     assert finetune["source"] == "estimate"
     assert finetune["step_time_s"] == cfg["launch"]["step_time_estimate_s"] != 0.05
     line = format_projection(proj)[1]
-    assert f"made under config {config_digest(demo_cfg)}" in line and "not used" in line
+    assert f"made under config {gate_digest(demo_cfg)}" in line and "not used" in line
     assert "0.05 s" not in line
     assert ignored_measurement({**measured, "passed": False}, cfg) is None  # nothing measured
 

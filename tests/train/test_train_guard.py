@@ -24,7 +24,7 @@ import torch
 
 import aqnet.train.loop as loop_module
 import aqnet.train.state as state_module
-from aqnet.config import config_digest, dump_config, load_resolved, variant_config
+from aqnet.config import dump_config, gate_digest, load_resolved, variant_config
 from aqnet.stage import StageFailure, write_json
 from aqnet.train import run_training
 from aqnet.train.heartbeat import PEER_LOST_EXIT_CODE, PeerMonitor
@@ -161,7 +161,7 @@ def test_the_cli_exits_with_the_watchdog_code_reading_validate_shorts_report(
     config = tmp_path / "config.yaml"
     dump_config(cfg, config)
     report = tmp_path / "validate_short.json"
-    made_under = {"config_digest": config_digest(load_resolved(config))}
+    made_under = {"config_digest": gate_digest(load_resolved(config))}
     write_json(report, {"measured_step_time_s": 1e-6, **made_under})  # any real step is slower
     args = ["train", "--stage", "baseline", "--config", str(config), "--cache", str(tiny_cache)]
     args += ["--out-dir", str(tmp_path / "out"), "--state-dir", str(tmp_path / "state")]
@@ -188,15 +188,13 @@ def test_the_fine_tune_refuses_a_step_time_measured_under_another_config(
     report = tmp_path / "validate_short.json"
     write_json(
         report,
-        {"passed": True, "measured_step_time_s": 0.5, **{"config_digest": config_digest(other)}},
+        {"passed": True, "measured_step_time_s": 0.5, **{"config_digest": gate_digest(other)}},
     )
     args = ["train", "--stage", "baseline", "--config", str(config), "--cache", str(tiny_cache)]
     args += ["--out-dir", str(tmp_path / "out"), "--state-dir", str(tmp_path / "state")]
     assert main([*args, "--expected-step-time-from", str(report)]) == 1
     err = capsys.readouterr().err
-    assert (
-        f"{report}: the validate_short report was made under config {config_digest(other)}" in err
-    )
+    assert f"{report}: the validate_short report was made under config {gate_digest(other)}" in err
     assert "its step time is not this run's; rerun validate_short" in err
     assert not (tmp_path / "state").exists()  # refused before any training
 

@@ -22,8 +22,11 @@ from aqnet.config import with_control_arm, with_seeds
 from aqnet.train.budget import BudgetExceeded, check_budget
 from aqnet.train.cost import format_projection
 
-_source = " + ".join(str(f) for f in workflow.configfiles) or "config"
-if workflow.config_settings.overwrite_config:
+_files = {
+    str(Path(f).resolve()): str(f) for f in workflow.configfiles
+}  # each file once
+_source = " + ".join(_files.values()) or "config"
+if workflow.config_settings.config:
     _source += " + --config"
 try:
     # --config values arrive as strings below the top level (finetune='{steps: 5}'): each gets

@@ -9,7 +9,7 @@
 # RCCL's debug output on, and the Slingshot (cxi) provider required in it (aqnet.train.network).
 # A separate 2-node stage costs 2 nodes for a few minutes once; validate_short on 2 nodes would
 # double every variant's and seed's short run instead. Each rank's RCCL debug file is appended
-# to the stage log.
+# to logs/check_network.rccl.log.
 rule check_network:
     input:
         config=expand(rules.resolve_shared_config.output.config, scope="network"),
@@ -18,6 +18,8 @@ rule check_network:
     log:
         log="logs/check_network.log",
         report="logs/check_network.json",
+        # every rank's RCCL debug output, apart: the stage log ends with the verdict line
+        rccl="logs/check_network.rccl.log",
     conda:
         ENV
     threads: 2
@@ -38,8 +40,8 @@ rule check_network:
         " --config {input.config} --debug-dir {params.debug_dir}"
         " --world-size {params.world_size}"
         " --report {output.report} --report-copy {log.report} > {log.log} 2>&1 || rc=$?;"
-        ' for f in {params.debug_dir}/rccl.*.log; do if [ -e "$f" ]; then'
-        ' echo "== RCCL debug output: $f" >> {log.log}; cat "$f" >> {log.log}; fi; done;'
+        ' : > {log.rccl}; for f in {params.debug_dir}/rccl.*.log; do if [ -e "$f" ]; then'
+        ' echo "== RCCL debug output: $f" >> {log.rccl}; cat "$f" >> {log.rccl}; fi; done;'
         ' exit "$rc"'
 
 

@@ -86,10 +86,10 @@ def audit_checkpoint(
         StageFailure: unreadable or unsafe checkpoint, or a load that is not clean (the report
             then holds the load report too).
     """
-    from aqnet.config import config_digest
+    from aqnet.config import gate_digest
 
     report = {} if report is None else report
-    report["config_digest"] = config_digest(cfg)  # what reads this report checks it
+    report["config_digest"] = gate_digest(cfg)  # what reads this report checks it
     if cache_dir is not None:  # a cache normalised otherwise than the baseline: refused here
         from aqnet.data import load_stats, read_meta
         from aqnet.data.reference import PreprocessingError, check_cache_normalization

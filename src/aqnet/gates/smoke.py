@@ -167,12 +167,12 @@ def smoke_forward(
     Raises:
         StageFailure: naming the stage and the numbers.
     """
-    from aqnet.config import config_digest
+    from aqnet.config import gate_digest
     from aqnet.data import CacheDataset, make_validation_loader, validation_samples
     from aqnet.data.reference import PreprocessingError, check_cache_normalization
 
     report = {} if report is None else report
-    report["config_digest"] = config_digest(cfg)  # what reads this report checks it
+    report["config_digest"] = gate_digest(cfg)  # what reads this report checks it
     gates = cfg["gates"]
     cache_dir = Path(cache_dir)
     if baseline_val_loss is None:

@@ -63,14 +63,19 @@ def budget_gate(
 
     Raises:
         BudgetExceeded: the projected total is over the budget.
+        StageFailure: a passed validate_short report made under another config than its
+            variant's (the gate exists to judge the measured step times, not the estimate).
     """
+    for variant, cfg in variant_cfgs.items():
+        why = ignored_measurement(reports.get(variant), cfg)
+        if why is not None:
+            raise StageFailure(f"variant {variant!r}: {why}: rerun validate_short for this config")
     first = next(iter(variant_cfgs.values()))
     projection = run_projection(
         variant_cfgs,
         start_times=start_times_in_cache(meta),
         start_times_source="counted in the cache",
         measured={v: measured_from_report(reports.get(v), cfg) for v, cfg in variant_cfgs.items()},
-        notes={v: ignored_measurement(reports.get(v), cfg) for v, cfg in variant_cfgs.items()},
         max_gpu_hours=first["launch"]["max_gpu_hours"],
     )
     report.update(projection=projection, lines=format_projection(projection))

@@ -72,9 +72,57 @@ class LaunchInfo:
 # ---------------------------------------------------------------------------------------------
 
 
+def _split_top_level(spec: str) -> list[str]:
+    """Split on commas that are not inside brackets."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(spec):
+        if ch == "[":
+            depth += 1
+        elif ch == "]":
+            depth -= 1
+            if depth < 0:
+                raise ValueError(f"Slurm host list {spec!r}: unbalanced ']' at position {i}")
+        elif ch == "," and depth == 0:
+            parts.append(spec[start:i])
+            start = i + 1
+    if depth != 0:
+        raise ValueError(f"Slurm host list {spec!r}: unbalanced '['")
+    parts.append(spec[start:])
+    return [p.strip() for p in parts if p.strip()]
+
+
+def _expand_range(item: str, spec: str) -> list[str]:
+    """``"001-003"`` -> ``["001", "002", "003"]`` (zero padding kept); ``"7"`` -> ``["7"]``."""
+    m = re.fullmatch(r"(\d+)(?:-(\d+))?", item.strip())
+    if not m:
+        raise ValueError(f"Slurm host list {spec!r}: cannot read the range {item!r}")
+    lo, hi = m.group(1), m.group(2)
+    if hi is None:
+        return [lo]
+    if int(hi) < int(lo):
+        raise ValueError(f"Slurm host list {spec!r}: range {item!r} runs backwards")
+    width = len(lo)
+    return [str(n).zfill(width) for n in range(int(lo), int(hi) + 1)]
+
+
+def _expand_host(host: str, spec: str) -> list[str]:
+    m = re.search(r"\[([^\[\]]*)\]", host)
+    if not m:
+        if "[" in host or "]" in host:
+            raise ValueError(f"Slurm host list {spec!r}: unbalanced brackets in {host!r}")
+        return [host]
+    head, tail = host[: m.start()], host[m.end() :]
+    values = [v for item in m.group(1).split(",") for v in _expand_range(item, spec)]
+    return [h for v in values for h in _expand_host(f"{head}{v}{tail}", spec)]
+
+
 def expand_hostlist(spec: str) -> list[str]:
-    """Expand a Slurm host list, as ``scontrol show hostnames`` does (python-hostlist, so that no
-    Slurm command is needed inside the container).
+    """Expand a Slurm host list, as ``scontrol show hostnames`` does.
+
+    Written here rather than taken from a library: python-hostlist is GPL-2.0-or-later (this
+    package is MIT), and ``scontrol`` is not inside the container (``profiles/lumi/rank.sh`` uses
+    it outside, to set ``MASTER_ADDR``) and accepts malformed lists (``nid[001-003`` gives
+    ``nid]``), which this refuses.
 
     Examples::
 
@@ -85,12 +133,7 @@ def expand_hostlist(spec: str) -> list[str]:
     Raises:
         ValueError: for an empty list, unbalanced brackets or an unreadable range.
     """
-    import hostlist
-
-    try:
-        hosts = hostlist.expand_hostlist(spec, allow_duplicates=True)
-    except hostlist.BadHostlist as exc:
-        raise ValueError(f"Slurm host list {spec!r}: {exc}") from None
+    hosts = [h for part in _split_top_level(spec) for h in _expand_host(part, spec)]
     if not hosts:
         raise ValueError(f"Slurm host list {spec!r} names no host")
     return hosts

@@ -248,6 +248,8 @@ class _Trainer:
                 max_slowdown=float(wcfg["max_slowdown"]),
             )
         )
+        if expected_step_time_s is not None and self.watchdog is None and self.ctx.is_main:
+            log.info("%s: step-time watchdog off (finetune.watchdog.max_slowdown: null)", stage)
         self.slow = False  # this rank's watchdog tripped; all ranks stop at the next step
         self.steps_this_process = 0
         self.lead_times = [int(h) for h in cfg["lead_times_h"]]

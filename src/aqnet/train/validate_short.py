@@ -109,9 +109,9 @@ def validate_short(
         StageFailure: a failed check, with the numbers.
         LaunchError: the ranks were not started as configured.
     """
-    from aqnet.config import config_digest
+    from aqnet.config import gate_digest
 
-    report["config_digest"] = config_digest(cfg)  # the projection and the fine-tune check it
+    report["config_digest"] = gate_digest(cfg)  # the projection and the fine-tune check it
     rtol = float(cfg["gates"]["val_loss_rtol"])
     base, base_source = baseline_val_loss(cfg, init_checkpoint)
     report.update(
