@@ -13,7 +13,7 @@ baseline.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -48,6 +48,43 @@ def _rmse(ev: xr.Dataset, model: str, init_times: pd.DatetimeIndex) -> dict[str,
     sq = ev["rmse_phys"].sel(model=model).isel(sample=np.flatnonzero(sel)) ** 2
     out = np.sqrt(sq.mean(("sample", "lead_time"), skipna=True))
     return {str(p): float(out.sel(pollutant=p)) for p in ev["pollutant"].values}
+
+
+def column_tests(
+    ref: pd.DataFrame,
+    new: pd.DataFrame,
+    *,
+    min_block_days: float,
+    alpha: float,
+    ref_name: str,
+    new_name: str,
+) -> Iterator[tuple[Any, pd.DataFrame, Any]]:
+    """The calibrated paired test (:func:`aqnet.report.calibrated.calibrated_test`) of each column
+    of ``new`` against the same column of ``ref``.
+
+    Args:
+        ref, new: per-sample tables (rows: samples indexed by time, the same in both where they
+            overlap; columns: a lead time, a pollutant, a region, a tile).
+
+    Yields:
+        ``(column, both, test)``: ``both`` the samples where both are finite (columns ``ref``,
+        ``new``); a column with fewer than 2 such samples is skipped.
+    """
+    ref, new = ref.align(new, join="inner", axis=0)
+    for key in new.columns:
+        both = pd.concat({"ref": ref[key], "new": new[key]}, axis=1).dropna()
+        if len(both) < 2:
+            continue
+        test = calibrated_test(
+            both["ref"].to_numpy(),
+            both["new"].to_numpy(),
+            both.index.to_numpy(),
+            min_block_days=min_block_days,
+            alpha=alpha,
+            ref_name=ref_name,
+            new_name=new_name,
+        )
+        yield key, both, test
 
 
 def breakdown_tests(
@@ -91,21 +128,10 @@ def breakdown_tests(
             ref = per_sample_table(ev_new, BASELINE, dim_mean, var)
         else:
             ref = per_sample_table(ev_ref, FINETUNED, dim_mean, var)
-        ref, new = ref.align(new, join="inner", axis=0)
         family_rows = []
-        for key in new.columns:
-            both = pd.concat({"ref": ref[key], "new": new[key]}, axis=1).dropna()
-            if len(both) < 2:
-                continue
-            t = calibrated_test(
-                both["ref"].to_numpy(),
-                both["new"].to_numpy(),
-                both.index.to_numpy(),
-                min_block_days=min_days,
-                alpha=alpha,
-                ref_name=ref_name,
-                new_name=new_name,
-            )
+        for key, both, t in column_tests(
+            ref, new, min_block_days=min_days, alpha=alpha, ref_name=ref_name, new_name=new_name
+        ):
             row: dict[str, Any] = {
                 "family": family,
                 "key": key,

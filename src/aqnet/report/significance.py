@@ -19,8 +19,8 @@ import pandas as pd
 import xarray as xr
 
 from aqnet.report.analysis import BASELINE, FINETUNED, min_block_days
-from aqnet.report.breakdown import per_sample_table
-from aqnet.report.calibrated import calibrated_test, holm
+from aqnet.report.breakdown import column_tests, per_sample_table
+from aqnet.report.calibrated import holm
 
 CORRECTION = "Holm"
 """The multiple-testing correction across the tiles."""
@@ -99,21 +99,10 @@ def significance_map(
         "lead_time",
         "tile_mse",
     )
-    ref, new = ref.align(new, join="inner", axis=0)
     records: list[dict[str, Any]] = []
-    for key in new.columns:
-        both = pd.concat({"ref": ref[key], "new": new[key]}, axis=1).dropna()
-        if len(both) < 2:
-            continue
-        t = calibrated_test(
-            both["ref"].to_numpy(),
-            both["new"].to_numpy(),
-            both.index.to_numpy(),
-            min_block_days=min_days,
-            alpha=alpha,
-            ref_name=ref_name,
-            new_name=new_name,
-        )
+    for key, _, t in column_tests(
+        ref, new, min_block_days=min_days, alpha=alpha, ref_name=ref_name, new_name=new_name
+    ):
         tile = int(key)
         records.append(
             {
