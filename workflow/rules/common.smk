@@ -43,7 +43,8 @@ update_config(config, CFG)
 if workflow.is_main_process:  # only the main process reads profiles
     if (_why := _plan.profiles_with_lumi(sys.argv[1:], os.environ)) is not None:
         raise WorkflowError(f"aqnet: {_why}")
-    _plan.put_first_on_path(Path(sys.executable).parent)  # `aqnet` of this installation
+# `aqnet` of this installation in every process, the job's own Snakemake on a cluster included
+_plan.put_first_on_path(Path(sys.executable).parent)
 
 PLAN = _plan.Plan(CFG)
 VARIANTS = PLAN.variants
