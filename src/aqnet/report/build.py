@@ -283,19 +283,17 @@ def build_report(
     for name, vd in verdicts.items():
         log.info("report: %s: %s", name, vd.line)
 
-    breakdown = breakdown_tests(
-        main.evaluation,
-        rcfg,
-        ev_ref=None if control is None else variants[control].evaluation,
-        ref_name=control or "baseline",
-        new_name=primary,
-    )
+    # both against the control arm (the baseline without one), on the same samples
+    against = {
+        "ev_ref": None if control is None else variants[control].evaluation,
+        "ref_name": control or "baseline",
+        "new_name": primary,
+    }
+    breakdown = breakdown_tests(main.evaluation, rcfg, **against)
     significance = significance_map(
         main.evaluation,
         rcfg,
-        ev_ref=None if control is None else variants[control].evaluation,
-        ref_name=control or "baseline",
-        new_name=primary,
+        **against,
         grid_shape=(main.evaluation.sizes["y"], main.evaluation.sizes["x"]),
     )
     comparison = _comparison(variants, verdicts, vs_baseline, rcfg, cfg["launch"])

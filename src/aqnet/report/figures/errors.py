@@ -6,12 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
 
 from aqnet.report.figures.style import (
     BASELINE_COLOUR,
     FINETUNED_COLOUR,
+    diverging_map,
     map_extent,
     pct_label,
     robust_max,
@@ -106,15 +106,7 @@ def plot_error_map(
     fig.colorbar(im, ax=ax_base, label="MSE (normalised), baseline", extend="max")
     terrain_contours(ax_base, lon, lat, elevation_m)
     ax_base.set_title("Baseline error (mean over pollutants, lead times, samples)")
-    vmax = robust_max(diff)
-    im = ax_diff.imshow(
-        diff,
-        origin="lower",
-        extent=extent,
-        cmap="RdBu_r",
-        norm=TwoSlopeNorm(vcenter=0.0, vmin=-vmax, vmax=vmax),
-        aspect="auto",
-    )
+    im = diverging_map(ax_diff, diff, extent, vmax=robust_max(diff), cmap="RdBu_r")
     fig.colorbar(
         im, ax=ax_diff, label="MSE difference, fine-tuned - baseline (blue = better)", extend="both"
     )

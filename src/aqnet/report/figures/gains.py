@@ -6,12 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
 
 from aqnet.report.figures.style import (
     FINETUNED_COLOUR,
     THRESHOLD_COLOUR,
+    diverging_map,
+    label_tiles,
     map_extent,
     pct_label,
     robust_max,
@@ -90,31 +91,11 @@ def plot_gain_by_region(
     extent = map_extent(lat, lon)
     fig = Figure(figsize=(7.5, 4.8))
     ax = fig.subplots()
-    vmax = robust_max(gain_grid, q=100.0)
-    im = ax.imshow(
-        gain_grid,
-        origin="lower",
-        extent=extent,
-        cmap="RdBu",
-        norm=TwoSlopeNorm(vcenter=0.0, vmin=-vmax, vmax=vmax),
-        aspect="auto",
-    )
+    im = diverging_map(ax, gain_grid, extent, vmax=robust_max(gain_grid, q=100.0), cmap="RdBu")
     fig.colorbar(im, ax=ax, label="gain [%] (blue = fine-tune better)")
     terrain_contours(ax, lon, lat, elevation_m)
-    ry, rx = gain_grid.shape
-    if ry * rx <= 64:
-        x0, x1, y0, y1 = extent
-        for r in range(ry):
-            for c in range(rx):
-                if np.isfinite(gain_grid[r, c]):
-                    ax.text(
-                        x0 + (c + 0.5) * (x1 - x0) / rx,
-                        y0 + (r + 0.5) * (y1 - y0) / ry,
-                        pct_label(gain_grid[r, c]),
-                        ha="center",
-                        va="center",
-                        fontsize=7,
-                    )
+    labels = np.vectorize(lambda g: pct_label(g) if np.isfinite(g) else "", otypes=[object])
+    label_tiles(ax, extent, labels(gain_grid))
     ax.set(xlabel="longitude [deg E]", ylabel="latitude [deg N]")
     ax.set_title(title or "Gain per region")
     return save(fig, out)
@@ -169,32 +150,13 @@ def plot_significance_map(
         aspect="auto",
     )
     shown = significant_gain(gain, significant)
-    vmax = robust_max(gain, q=100.0)
-    im = ax.imshow(
-        shown,
-        origin="lower",
-        extent=box,
-        cmap="RdBu",
-        norm=TwoSlopeNorm(vcenter=0.0, vmin=-vmax, vmax=vmax),
-        aspect="auto",
-    )
+    im = diverging_map(ax, shown, box, vmax=robust_max(gain, q=100.0), cmap="RdBu")
     fig.colorbar(im, ax=ax, label="gain over the control [%] (blue = better), significant tiles")
     terrain_contours(ax, lon, lat, elevation_m)
-    ry, rx = gain.shape
-    if ry * rx <= 64:
-        x0, x1, y0, y1 = box
-        for r in range(ry):
-            for c in range(rx):
-                if tested[r, c]:
-                    ax.text(
-                        x0 + (c + 0.5) * (x1 - x0) / rx,
-                        y0 + (r + 0.5) * (y1 - y0) / ry,
-                        pct_label(gain[r, c]) + ("*" if significant[r, c] else ""),
-                        ha="center",
-                        va="center",
-                        fontsize=7,
-                        color="white" if significant[r, c] else "black",
-                    )
+    labels = np.empty(gain.shape, dtype=object)
+    for r, c in zip(*np.nonzero(tested), strict=True):
+        labels[r, c] = pct_label(gain[r, c]) + ("*" if significant[r, c] else "")
+    label_tiles(ax, box, labels, np.where(significant, "white", "black"))
     ax.set(xlabel="longitude [deg E]", ylabel="latitude [deg N]")
     ax.set_title(title or "Where the gain over the control is significant")
     if note:

@@ -7,6 +7,7 @@ from typing import Any
 
 import matplotlib
 import numpy as np
+from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
 
 DPI = 110
@@ -62,3 +63,38 @@ def terrain_contours(ax: Any, lon: np.ndarray, lat: np.ndarray, elevation_m: np.
 
 def clip(text: str, n: int) -> str:
     return text if len(text) <= n else text[: n - 3] + "..."
+
+
+def diverging_map(ax: Any, values: np.ndarray, extent: Any, *, vmax: float, cmap: str) -> Any:
+    """``values`` as a map on a colour scale centred on 0, from -vmax to +vmax."""
+    return ax.imshow(
+        values,
+        origin="lower",
+        extent=extent,
+        cmap=cmap,
+        norm=TwoSlopeNorm(vcenter=0.0, vmin=-vmax, vmax=vmax),
+        aspect="auto",
+    )
+
+
+def label_tiles(
+    ax: Any, extent: Any, labels: np.ndarray, colours: np.ndarray | None = None
+) -> None:
+    """Write ``labels[r, c]`` at the centre of tile ``(r, c)`` of an ``(Ry, Rx)`` map over
+    ``extent`` (an empty label writes nothing); only for up to 64 tiles, where they stay legible."""
+    ry, rx = labels.shape
+    if ry * rx > 64:
+        return
+    x0, x1, y0, y1 = extent
+    for r in range(ry):
+        for c in range(rx):
+            if labels[r, c]:
+                ax.text(
+                    x0 + (c + 0.5) * (x1 - x0) / rx,
+                    y0 + (r + 0.5) * (y1 - y0) / ry,
+                    labels[r, c],
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="black" if colours is None else colours[r, c],
+                )
