@@ -56,13 +56,8 @@ def test_a_gate_report_survives_changes_its_findings_do_not_depend_on() -> None:
     not make validate_short's measurement stale; the batch size or the model do."""
     import copy
 
-    from aqnet.config import (
-        gate_digest,
-        load_config,
-        report_config_mismatch,
-        variant_config,
-        with_seeds,
-    )
+    from aqnet.config import load_config, variant_config, with_seeds
+    from aqnet.provenance import gate_digest, report_config_mismatch
 
     base = variant_config(load_config(REPO / "config.yaml"), "default")
     report = {"config_digest": gate_digest(base)}

@@ -10,14 +10,7 @@ from typing import Any
 
 import pytest
 
-from aqnet.config import (
-    config_digest,
-    gate_digest,
-    load_config,
-    validate_config,
-    with_control_arm,
-    with_seeds,
-)
+from aqnet.config import load_config, validate_config, with_control_arm, with_seeds
 from aqnet.plan import (
     SHARED_SCOPES,
     Plan,
@@ -27,6 +20,7 @@ from aqnet.plan import (
     put_first_on_path,
     world_size,
 )
+from aqnet.provenance import config_digest, gate_digest
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -14,8 +14,6 @@ Usage::
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -295,65 +293,6 @@ def seed_groups(names: Sequence[str]) -> dict[str, list[str]]:
         key = base if sep and seed.isdigit() and base in names else name
         groups.setdefault(key, []).append(name)
     return groups
-
-
-def config_digest(config: Mapping[str, Any]) -> str:
-    """A short SHA-256 (16 hex digits) of ``config`` as canonical JSON (sorted keys).
-
-    The same for a resolved config before :func:`dump_config` and after :func:`load_resolved`,
-    so the workflow (which holds the first) and a stage (which reads the second) agree. The
-    gates of one variant store it in their report (``config_digest``); what reads a report back
-    uses it only under the same digest (:func:`report_config_mismatch`).
-    """
-    text = json.dumps(config, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-NOT_MEASURED: tuple[tuple[str, ...], ...] = (
-    ("results_dir",),
-    ("variants",),
-    ("report",),
-    ("finetune", "seeds"),
-    ("launch", "max_gpu_hours"),
-    ("launch", "gpu_hours_per_node_hour"),
-    ("launch", "walltime_margin"),
-    ("launch", "walltime_startup_min"),
-    ("launch", "partition_time_limit_min"),
-    ("launch", "step_time_estimate_s"),
-)
-"""Keys a gate's findings do not depend on: where results go, the other variants and seeds, the
-report's settings, the budget and the wall-time arithmetic. A gate report stays valid when only
-these change (e.g. a raised ``launch.max_gpu_hours`` keeps validate_short's measured step time)."""
-
-
-def gate_digest(config: Mapping[str, Any]) -> str:
-    """The ``config_digest`` a gate stores in its report: :func:`config_digest` of ``config``
-    without the keys of :data:`NOT_MEASURED`."""
-    kept = copy.deepcopy(dict(config))
-    for path in NOT_MEASURED:
-        section = kept
-        for key in path[:-1]:
-            section = section.get(key) if isinstance(section, dict) else None
-        if isinstance(section, dict):
-            section.pop(path[-1], None)
-    return config_digest(kept)
-
-
-def report_config_mismatch(
-    report: Mapping[str, Any], config: Mapping[str, Any], *, what: str
-) -> str | None:
-    """Why ``report`` (a gate report) was not made under ``config``, else ``None``: its stored
-    ``config_digest`` against :func:`gate_digest` of ``config``.
-
-    A report without ``config_digest`` (written by hand, or by an older version) counts as made
-    under another config: its figures are not this config's.
-    """
-    stored = report.get("config_digest")
-    current = gate_digest(config)
-    if stored == current:
-        return None
-    made = "records no config digest" if stored is None else f"was made under config {stored}"
-    return f"{what} {made}, not under this run's config {current}"
 
 
 def dump_config(config: Mapping[str, Any], path: str | Path) -> None:

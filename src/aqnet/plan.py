@@ -21,7 +21,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from aqnet.config import config_digest, validate_config, variant_config
+from aqnet.config import validate_config, variant_config
+from aqnet.provenance import config_digest
 from aqnet.train.cost import ignored_measurement, measured_from_report, run_projection
 from aqnet.train.length import estimated_start_times, start_times_in_cache
 
@@ -103,7 +104,7 @@ class PlanError(ValueError):
 
 
 def digest(obj: Any) -> str:
-    """A params value for Snakemake's rerun trigger (:func:`aqnet.config.config_digest`)."""
+    """A params value for Snakemake's rerun trigger (:func:`aqnet.provenance.config_digest`)."""
     return config_digest(obj)
 
 

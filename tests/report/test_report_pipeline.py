@@ -23,7 +23,8 @@ import torch
 import yaml
 
 from aqnet.cli import main
-from aqnet.config import POLLUTANTS, dump_config, gate_digest, load_resolved, variant_config
+from aqnet.config import POLLUTANTS, dump_config, load_resolved, variant_config
+from aqnet.provenance import gate_digest
 from aqnet.report.attribution import VERDICTS
 from aqnet.report.build import OUTPUTS
 from aqnet.report.evaluate import evaluate, open_evaluation

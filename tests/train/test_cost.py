@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
-from aqnet.config import gate_digest, validate_config
+from aqnet.config import validate_config
+from aqnet.provenance import gate_digest
 from aqnet.stage import StageFailure
 from aqnet.train.budget import BudgetExceeded, budget_gate, check_budget
 from aqnet.train.cost import (

@@ -24,7 +24,8 @@ import torch
 
 import aqnet.train.loop as loop_module
 import aqnet.train.state as state_module
-from aqnet.config import dump_config, gate_digest, load_resolved, variant_config
+from aqnet.config import dump_config, load_resolved, variant_config
+from aqnet.provenance import gate_digest
 from aqnet.stage import StageFailure, write_json
 from aqnet.train import run_training
 from aqnet.train.heartbeat import PEER_LOST_EXIT_CODE, PeerMonitor

@@ -216,7 +216,8 @@ def test_projected_cost_printed_from_config_then_from_validate_short(
     # validate_short's report, made under blocks01's resolved config (its digest)
     resolved = tmp_path / "results/variants/blocks01/config.yaml"
     assert run_snakemake(tmp_path, cfg_path, str(resolved.relative_to(tmp_path))).returncode == 0
-    from aqnet.config import gate_digest, load_resolved
+    from aqnet.config import load_resolved
+    from aqnet.provenance import gate_digest
 
     measured = {"passed": True, "measured_step_time_s": 2.5, "measured_val_time_s": 0.0}
     measured |= {"world_size": 1, "config_digest": gate_digest(load_resolved(resolved))}

@@ -86,7 +86,7 @@ def audit_checkpoint(
         StageFailure: unreadable or unsafe checkpoint, or a load that is not clean (the report
             then holds the load report too).
     """
-    from aqnet.config import gate_digest
+    from aqnet.provenance import gate_digest
 
     report = {} if report is None else report
     report["config_digest"] = gate_digest(cfg)  # what reads this report checks it

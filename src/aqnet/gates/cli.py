@@ -134,7 +134,7 @@ def baseline_val_loss_of(cfg: dict[str, Any], audit_report: Path) -> tuple[float
         StageFailure: the audit report is missing, unreadable, records a failed audit, or was
             made under another config than ``cfg`` (its ``config_digest``).
     """
-    from aqnet.config import report_config_mismatch
+    from aqnet.provenance import report_config_mismatch
 
     configured = cfg.get("baseline", {}).get("val_loss")
     try:

@@ -167,9 +167,9 @@ def smoke_forward(
     Raises:
         StageFailure: naming the stage and the numbers.
     """
-    from aqnet.config import gate_digest
     from aqnet.data import CacheDataset, make_validation_loader, validation_samples
     from aqnet.data.reference import PreprocessingError, check_cache_normalization
+    from aqnet.provenance import gate_digest
 
     report = {} if report is None else report
     report["config_digest"] = gate_digest(cfg)  # what reads this report checks it

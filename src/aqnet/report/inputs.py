@@ -184,14 +184,15 @@ def check_gates_made_under(
     """Refuse a variant whose gate reports were not made under its resolved config.
 
     Each gate of one variant stores the digest of the config it ran under
-    (``aqnet.config.config_digest``); a report copied from another run, another results folder
+    (``aqnet.provenance.config_digest``); a report copied from another run, another results folder
     or an earlier config would put another run's figures (the projected cost, the starting
     loss) into this one's report.
 
     Raises:
         ValueError: naming the variant, the report and both digests.
     """
-    from aqnet.config import load_resolved, report_config_mismatch
+    from aqnet.config import load_resolved
+    from aqnet.provenance import report_config_mismatch
 
     config = load_resolved(paths["config"])
     for gate, rep in gates.items():

@@ -167,7 +167,7 @@ def _expected_step_time(args: argparse.Namespace, cfg: Mapping[str, Any]) -> flo
     under the same config as this run (its ``config_digest``); else a ValueError."""
     if args.expected_step_time_from is None:
         return None
-    from aqnet.config import report_config_mismatch
+    from aqnet.provenance import report_config_mismatch
     from aqnet.stage import read_json
     from aqnet.train.watchdog import expected_step_time
 

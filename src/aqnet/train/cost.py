@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from aqnet.config import report_config_mismatch
+from aqnet.provenance import report_config_mismatch
 from aqnet.train.length import run_length
 from aqnet.train.metrics import read_metrics
 
@@ -193,7 +193,7 @@ def measured_from_report(
     Args:
         report: validate_short's report, or ``None`` before it ran.
         config: the variant's resolved config; when given, a report made under another config
-            (:func:`aqnet.config.report_config_mismatch`) is not used.
+            (:func:`aqnet.provenance.report_config_mismatch`) is not used.
 
     Returns:
         ``{"step_time_s", "val_time_s", "world_size"}`` or ``None`` (no report, a failed one, one

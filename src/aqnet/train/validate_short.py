@@ -109,7 +109,7 @@ def validate_short(
         StageFailure: a failed check, with the numbers.
         LaunchError: the ranks were not started as configured.
     """
-    from aqnet.config import gate_digest
+    from aqnet.provenance import gate_digest
 
     report["config_digest"] = gate_digest(cfg)  # the projection and the fine-tune check it
     rtol = float(cfg["gates"]["val_loss_rtol"])
