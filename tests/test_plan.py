@@ -91,6 +91,46 @@ def test_a_shared_stage_reruns_only_for_its_own_keys(demo: dict[str, Any]) -> No
     assert plan.state_dir("baseline") == other.state_dir("baseline")
 
 
+def test_the_run_config_leaves_out_seeds_budget_and_report(
+    demo: dict[str, Any], tmp_path: Path
+) -> None:
+    """What a variant's gates and fine-tune read: the same run as the full config (same loaded
+    model, finetune and gate digest), unchanged by seeds, budget and report settings, changed by
+    anything they measure or train under; the resume state follows it."""
+    from aqnet.config import dump_config, load_resolved
+
+    plan = _plan(demo)
+    run, full = plan.run_config("default"), plan.resolved_config("default")
+    assert "report" not in run and "max_gpu_hours" not in run["launch"]
+    assert run["variants"] == {"default": {}} and run["variant"] == "default"
+    dump_config(run, tmp_path / "run.yaml")
+    dump_config(full, tmp_path / "config.yaml")
+    loaded, loaded_full = (
+        load_resolved(tmp_path / "run.yaml"),
+        load_resolved(tmp_path / "config.yaml"),
+    )
+    assert gate_digest(loaded) == gate_digest(loaded_full) == gate_digest(full)
+    for section in ("model", "data", "grid", "validation", "gates"):
+        assert loaded[section] == loaded_full[section], section
+    assert loaded["launch"]["nodes"] == loaded_full["launch"]["nodes"]
+
+    later = copy.deepcopy(demo)
+    later["finetune"]["seeds"] = [demo["finetune"].get("seed", 0), 5]
+    later["launch"]["max_gpu_hours"] = 1.0
+    later["launch"]["walltime_margin"] = 2.0
+    later["report"]["min_gain_pct"] = 9.0
+    changed = _plan(later)
+    assert changed.run_config("default") == run
+    assert changed.state_dir("finetune", "default") == plan.state_dir("finetune", "default")
+    assert changed.resolved_config("default") != full
+    assert "default-seed5" in changed.variants
+
+    steps = copy.deepcopy(demo)
+    steps["finetune"]["steps"] += 1
+    assert _plan(steps).run_config("default") != run
+    assert _plan(steps).state_dir("finetune", "default") != plan.state_dir("finetune", "default")
+
+
 def test_the_launcher_and_world_size_from_the_resources() -> None:
     assert launcher(2, {}) == "" and world_size({}) == 1
     lumi = {"mpi": "srun --label", "nodes": 50, "tasks_per_node": 8, "cpus_per_task": 7}

@@ -23,6 +23,7 @@ LOCAL_PROFILE = REPO / "profiles" / "local"
 SHARED_RULES = ("make_demo_data", "build_cache", "train_baseline", "verify_wind_order")
 VARIANT_RULES = (
     "resolve_config",
+    "resolve_run_config",
     "audit_checkpoint",
     "smoke_forward",
     "validate_short",

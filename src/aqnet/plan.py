@@ -7,7 +7,8 @@ without Snakemake (``tests/test_plan.py``).
 
 * :class:`Plan`: one validated config (``aqnet.config.validate_config``, control arm and seeds
   added) and the paths under its ``results_dir``.
-* Resolved configs: :meth:`Plan.resolved_config` (one variant) and :meth:`Plan.shared_config` (the
+* Resolved configs: :meth:`Plan.resolved_config` (one variant), :meth:`Plan.run_config` (the part
+  of it the variant's gates and fine-tune run under) and :meth:`Plan.shared_config` (the
   variant-independent stages, each keeping only the keys of its scope in :data:`SHARED_SCOPES`).
 * The launch: :func:`launcher` and :func:`world_size` from a rule's resources.
 * The cost: :meth:`Plan.cost_projection` (figures from :mod:`aqnet.train.cost`).
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from aqnet.config import validate_config, variant_config
-from aqnet.provenance import config_digest
+from aqnet.provenance import config_digest, run_config
 from aqnet.train.cost import ignored_measurement, measured_from_report, run_projection
 from aqnet.train.length import estimated_start_times, start_times_in_cache
 
@@ -211,6 +212,14 @@ class Plan:
         resolved["variants"] = {variant: self.cfg["variants"][variant]}
         return resolved
 
+    def run_config(self, variant: str) -> dict[str, Any]:
+        """The config one variant's gates and fine-tune read (``variants/<v>/run.yaml``): its
+        resolved config without the keys no measurement or training depends on (seeds, budget,
+        wall-time arithmetic, report settings; :func:`aqnet.provenance.run_config`). Changing
+        those rewrites only the full ``config.yaml`` that evaluate, check_budget and the report
+        read, so no finished fine-tune reruns."""
+        return run_config(self.resolved_config(variant))
+
     def shared_config(self, scope: str) -> dict[str, Any]:
         """The config of the variant-independent stages of ``scope`` (a key of SHARED_SCOPES)."""
         dotted_keys = SHARED_SCOPES[scope]
@@ -233,11 +242,13 @@ class Plan:
         ``results/state/<variant>/<stage>/<digest>`` (``results/state/baseline/<digest>``): a
         stage interrupted and started again with the same config resumes from its ``last.pt``;
         one rerun because its config changed starts afresh instead of meeting a state the
-        training refuses. Not a declared output, so Snakemake never deletes it.
+        training refuses. The digest is of the config the stage runs under (:meth:`run_config`),
+        so a new seed or budget keeps an interrupted fine-tune's state. Not a declared output, so
+        Snakemake never deletes it.
         """
         if variant is None:
             return self.result(f"state/{stage}/{digest(self.shared_config(stage))}")
-        return self.result(f"state/{variant}/{stage}/{digest(self.resolved_config(variant))}")
+        return self.result(f"state/{variant}/{stage}/{digest(self.run_config(variant))}")
 
     def slurm_job_record(self, stage: str, variant: str) -> str:
         """A shell prefix that records the Slurm job id in

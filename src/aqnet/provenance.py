@@ -41,17 +41,45 @@ report's settings, the budget and the wall-time arithmetic. A gate report stays 
 these change (e.g. a raised ``launch.max_gpu_hours`` keeps validate_short's measured step time)."""
 
 
-def gate_digest(config: Mapping[str, Any]) -> str:
-    """The ``config_digest`` a gate stores in its report: :func:`config_digest` of ``config``
-    without the keys of :data:`NOT_MEASURED`."""
+def without_unmeasured(
+    config: Mapping[str, Any], *, keep: tuple[tuple[str, ...], ...] = ()
+) -> dict[str, Any]:
+    """A deep copy of ``config`` without the keys of :data:`NOT_MEASURED` (but those in
+    ``keep``)."""
     kept = copy.deepcopy(dict(config))
     for path in NOT_MEASURED:
+        if path in keep:
+            continue
         section = kept
         for key in path[:-1]:
             section = section.get(key) if isinstance(section, dict) else None
         if isinstance(section, dict):
             section.pop(path[-1], None)
-    return config_digest(kept)
+    return kept
+
+
+def run_config(resolved: Mapping[str, Any]) -> dict[str, Any]:
+    """The config a variant's gates and fine-tune run under: its resolved config (key
+    ``variant`` set, its overrides merged) without the keys they do not depend on
+    (:data:`NOT_MEASURED`; the results folder is kept), which take their defaults when a stage
+    loads it. Its ``variants`` entry keeps the variant's name with no overrides: they are merged
+    already, and how they were written (a seed given per variant, or by ``finetune.seeds``) does
+    not change the run.
+
+    The workflow writes it apart from the full resolved config (``variants/<v>/run.yaml`` beside
+    ``config.yaml``), so a new seed, budget or report setting rewrites only the full one:
+    evaluate, the budget gate and the report rerun, no finished fine-tune does. Its
+    :func:`gate_digest` is the full config's.
+    """
+    out = without_unmeasured(resolved, keep=(("results_dir",),))
+    out["variants"] = {resolved["variant"]: {}}
+    return out
+
+
+def gate_digest(config: Mapping[str, Any]) -> str:
+    """The ``config_digest`` a gate stores in its report: :func:`config_digest` of ``config``
+    without the keys of :data:`NOT_MEASURED`."""
+    return config_digest(without_unmeasured(config))
 
 
 def report_config_mismatch(

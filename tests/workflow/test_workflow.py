@@ -73,12 +73,19 @@ def test_two_variant_dag_and_each_audit_expects_its_keys(
     )
     assert "srun" not in result.stdout
     for variant in TWO_VARIANTS:
-        config = f"results/variants/{variant}/config.yaml"
-        assert f"aqnet audit-checkpoint --config {config} " in result.stdout
+        # the gates and the fine-tune read the run config, evaluate the full one
+        run, full = (f"results/variants/{variant}/{f}.yaml" for f in ("run", "config"))
+        assert f"aqnet audit-checkpoint --config {run} " in result.stdout
+        assert f"aqnet finetune --config {run} " in result.stdout
+        assert f"aqnet evaluate --config {full} " in result.stdout
         assert f"--report results/variants/{variant}/audit_checkpoint.json" in result.stdout
 
     # The resolve_config rules for real (cheap): what each audit will read and expect.
-    targets = [f"results/variants/{v}/config.yaml" for v in [*TWO_VARIANTS, "no_elevation_bias"]]
+    targets = [
+        f"results/variants/{v}/{f}.yaml"
+        for v in [*TWO_VARIANTS, "no_elevation_bias"]
+        for f in ("config", "run")
+    ]
     result = run_snakemake(tmp_path, cfg_path, *targets)
     assert result.returncode == 0, result.stdout
     expected = {
@@ -91,13 +98,18 @@ def test_two_variant_dag_and_each_audit_expects_its_keys(
         ],
     }
     for variant, keys in expected.items():
-        path = tmp_path / f"results/variants/{variant}/config.yaml"
-        raw = yaml.safe_load(path.read_text())
-        assert raw["variant"] == variant
-        assert list(raw["variants"]) == [variant]  # another variant's change leaves it alone
-        cfg = load_resolved(path)
-        assert cfg["variant"] == variant
-        assert sorted(expected_missing_keys(cfg, build_model(cfg, None))) == sorted(keys)
+        for name in ("config", "run"):
+            path = tmp_path / f"results/variants/{variant}/{name}.yaml"
+            raw = yaml.safe_load(path.read_text())
+            assert raw["variant"] == variant
+            assert list(raw["variants"]) == [variant]  # another variant's change leaves it alone
+            cfg = load_resolved(path)
+            assert cfg["variant"] == variant
+            assert sorted(expected_missing_keys(cfg, build_model(cfg, None))) == sorted(keys)
+        # the run config: the same run, without the settings no gate or fine-tune depends on
+        assert "report" in yaml.safe_load((path.parent / "config.yaml").read_text())
+        assert "report" not in raw and "max_gpu_hours" not in raw["launch"]
+        assert cfg["model"] == load_resolved(path.parent / "config.yaml")["model"]
     control = load_resolved(tmp_path / "results/variants/no_elevation_bias/config.yaml")
     assert control["model"]["elevation_bias"] is False  # the control: the bias off, all else same
     assert control["finetune"] == load_resolved(path)["finetune"]
@@ -245,9 +257,25 @@ def test_resolved_config_rewritten_only_when_it_changes(
     assert path.stat().st_mtime_ns == mtime
 
     cfg["finetune"]["steps"] = 7
-    changed = run_snakemake(tmp_path, write_config(tmp_path, cfg), target)
-    assert changed.returncode == 0 and job_counts(changed.stdout) == {"resolve_config": 1}
+    run_target = "results/variants/default/run.yaml"
+    changed = run_snakemake(tmp_path, write_config(tmp_path, cfg), target, run_target)
+    assert changed.returncode == 0
+    assert job_counts(changed.stdout) == {"resolve_config": 1, "resolve_run_config": 1}
     assert yaml.safe_load(path.read_text())["finetune"]["steps"] == 7
+    run_path = tmp_path / run_target
+    assert yaml.safe_load(run_path.read_text())["finetune"]["steps"] == 7
+
+    # Seeds, budget and report settings: only the full config; the run config (the gates' and
+    # the fine-tune's) stays as it is, so nothing that spent GPU time is out of date.
+    run_mtime = run_path.stat().st_mtime_ns
+    cfg["finetune"]["seeds"] = [cfg["finetune"]["seed"], 11]
+    cfg["launch"]["max_gpu_hours"] = 12345.0
+    cfg["report"]["min_gain_pct"] = 3.5
+    changed = run_snakemake(tmp_path, write_config(tmp_path, cfg), target, run_target)
+    assert changed.returncode == 0
+    assert job_counts(changed.stdout) == {"resolve_config": 1}, changed.stdout
+    assert yaml.safe_load(path.read_text())["report"]["min_gain_pct"] == 3.5
+    assert run_path.stat().st_mtime_ns == run_mtime
 
     # A finetune setting leaves the configs of the cache and the baseline alone.
     shared = [f"results/config/{scope}.yaml" for scope in ("data", "baseline")]

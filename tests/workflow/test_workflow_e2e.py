@@ -154,6 +154,34 @@ def test_a_new_variant_reruns_the_rehearsal_but_no_finished_fine_tune(
     assert counts["finetune"] == 1 and counts["evaluate"] == 1, counts
 
 
+def test_new_seeds_budget_or_report_settings_rerun_no_finished_fine_tune(
+    pipeline: tuple[Path, Path, str], tiny_config: dict[str, Any]
+) -> None:
+    """Seeds, the budget and the report's settings are no part of what a gate measured or a
+    fine-tune trained under (its run config, ``run.yaml``): changing them plans evaluate, the
+    budget gate and the report again, and the new seeds' own chains, but no finished gate or
+    fine-tune (dry run)."""
+    workdir, _, _ = pipeline
+    cfg = workflow_config(tiny_config, variants=TWO_VARIANTS)
+    cfg["finetune"]["seeds"] = [cfg["finetune"]["seed"], 11]
+    cfg["launch"]["max_gpu_hours"] = 999.0
+    cfg["report"]["min_gain_pct"] = 4.0
+    result = run_snakemake(workdir, write_config(workdir, cfg, "seeds.yaml"), "--dry-run")
+    assert result.returncode == 0, result.stdout[-4000:]
+    counts = job_counts(result.stdout)
+    new_runs = len(TWO_VARIANTS)  # <variant>-seed11 of each
+    for rule in ("resolve_run_config", "audit_checkpoint", "smoke_forward"):
+        assert counts[rule] == new_runs, (rule, counts)
+    assert counts["validate_short"] == new_runs and counts["finetune"] == new_runs, counts
+    # every full config changed (its seeds and settings): each variant is evaluated again
+    assert counts["resolve_config"] == 2 * new_runs and counts["evaluate"] == 2 * new_runs
+    assert counts["check_budget"] == 1 and counts["report"] == 1, counts
+    planned = re.findall(
+        r"rule finetune:\n(?:\s+\S.*\n)*?\s+wildcards: variant=(\S+)", result.stdout
+    )
+    assert sorted(planned) == sorted(f"{v}-seed11" for v in TWO_VARIANTS), planned
+
+
 def test_forcerun_one_gate_runs_only_that_gate(pipeline_copy: tuple[Path, Path]) -> None:
     workdir, cfg_path = pipeline_copy
     later = [

@@ -76,6 +76,7 @@ def _planned(method, *args):
 result = PLAN.result
 digest = _plan.digest
 resolved_config = PLAN.resolved_config
+run_config = PLAN.run_config
 shared_config = PLAN.shared_config
 baseline_checkpoint = PLAN.baseline_checkpoint
 demo_files = PLAN.demo_files

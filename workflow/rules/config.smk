@@ -1,6 +1,9 @@
 # Resolved configs: the file each stage reads (aqnet.config.load_resolved). Each rule reruns only
 # when its resolved content changes (the digest param; the content itself is a derived param, which
 # Snakemake does not track), so an unchanged config is not rewritten and triggers no rerun.
+# A variant has two: config.yaml (all of it: evaluate, the budget gate, the report) and run.yaml
+# (without seeds, budget, wall-time arithmetic and report settings: the gates and the fine-tune),
+# so changing those reruns no finished fine-tune (aqnet.provenance.run_config).
 
 
 rule resolve_shared_config:
@@ -29,5 +32,20 @@ rule resolve_config:
     params:
         digest=lambda wildcards: digest(resolved_config(wildcards.variant)),
         resolved=lambda wildcards, output: resolved_config(wildcards.variant),
+    script:
+        "../scripts/resolve_config.py"
+
+
+rule resolve_run_config:
+    output:
+        config=result("variants/{variant}/run.yaml"),
+    log:
+        "logs/resolve_config/{variant}.run.log",
+    localrule: True
+    conda:
+        ENV
+    params:
+        digest=lambda wildcards: digest(run_config(wildcards.variant)),
+        resolved=lambda wildcards, output: run_config(wildcards.variant),
     script:
         "../scripts/resolve_config.py"

@@ -31,7 +31,7 @@ rule verify_wind_order:
 
 rule audit_checkpoint:
     input:
-        config=rules.resolve_config.output.config,
+        config=rules.resolve_run_config.output.config,
         cache=rules.build_cache.output.meta,
         checkpoint=baseline_checkpoint(),
     output:
@@ -57,7 +57,7 @@ rule audit_checkpoint:
 
 rule smoke_forward:
     input:
-        config=rules.resolve_config.output.config,
+        config=rules.resolve_run_config.output.config,
         cache=rules.build_cache.output.meta,
         checkpoint=baseline_checkpoint(),
         audit=rules.audit_checkpoint.output.report,

@@ -47,7 +47,7 @@ rule check_network:
 
 rule validate_short:
     input:
-        config=rules.resolve_config.output.config,
+        config=rules.resolve_run_config.output.config,
         cache=rules.build_cache.output.meta,
         init=baseline_checkpoint(),
         smoke=rules.smoke_forward.output.report,
@@ -148,7 +148,7 @@ rule check_budget:
 
 rule finetune:
     input:
-        config=rules.resolve_config.output.config,
+        config=rules.resolve_run_config.output.config,
         cache=rules.build_cache.output.meta,
         init=baseline_checkpoint(),
         validated=rules.validate_short.output.report,
