@@ -12,7 +12,7 @@ import xarray as xr
 
 from aqnet.config import POLLUTANTS
 from aqnet.data import DataValidationError, build_cache, read_meta
-from aqnet.data.io import validate_year
+from aqnet.data.validate import validate_year
 from aqnet.report.evaluate import pollutant_units
 
 

@@ -13,8 +13,8 @@ from aqnet.data.io import (
     fill_nans,
     infer_year,
     open_year,
-    validate_year,
 )
+from aqnet.data.validate import validate_year
 
 SRC = "data_2013.nc"
 

@@ -251,7 +251,7 @@ def test_judge_variants_applies_holm_and_leaves_the_control_out(losses):
 
 def _evaluation(mse: np.ndarray, region_mse: np.ndarray | None = None) -> object:
     from aqnet.config import POLLUTANTS
-    from aqnet.report.evaluate import evaluation_dataset
+    from aqnet.report.evaluation_file import evaluation_dataset
 
     n_s = mse.shape[1]
     init = daily_times(n_s)

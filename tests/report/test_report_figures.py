@@ -12,7 +12,7 @@ import pytest
 
 from aqnet.config import POLLUTANTS
 from aqnet.report import analysis, figures
-from aqnet.report.evaluate import evaluation_dataset
+from aqnet.report.evaluation_file import evaluation_dataset
 from aqnet.report.inputs import (
     alpha_columns,
     final_val_loss,

@@ -27,7 +27,8 @@ from aqnet.config import POLLUTANTS, dump_config, load_resolved, variant_config
 from aqnet.provenance import gate_digest
 from aqnet.report.attribution import VERDICTS
 from aqnet.report.build import OUTPUTS
-from aqnet.report.evaluate import evaluate, open_evaluation
+from aqnet.report.evaluate import evaluate
+from aqnet.report.evaluation_file import open_evaluation
 from aqnet.report.render_check import RenderResult, _problems, check_report, find_chromium
 
 REPO = Path(__file__).resolve().parents[2]

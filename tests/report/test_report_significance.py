@@ -11,7 +11,7 @@ from matplotlib import image as mpimg
 
 from aqnet.config import POLLUTANTS, validate_config
 from aqnet.report import figures
-from aqnet.report.evaluate import evaluation_dataset
+from aqnet.report.evaluation_file import evaluation_dataset
 from aqnet.report.figures.gains import significant_gain
 from aqnet.report.figures.training import seed_band
 from aqnet.report.significance import significance_map

@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 import torch
 
-import aqnet.train.loop as loop_module
 import aqnet.train.state as state_module
+import aqnet.train.step as step_module
 from aqnet.config import dump_config, load_resolved, variant_config
 from aqnet.provenance import gate_digest
 from aqnet.stage import StageFailure, write_json
@@ -97,13 +97,13 @@ def test_watchdog_saves_and_stops_a_run_with_an_injected_slow_step(
 ) -> None:
     """Steps from the 4th on take 1.5 s more; with an expected step time of 0.25 s and
     max_slowdown 4 (a limit of 1 s), a window of 3 trips once two slow steps are in it (the
-    first step of a process is not counted). The loop's clock is a virtual one (each reading
+    first step of a process is not counted). The step's clock is a virtual one (each reading
     0.05 s after the last, plus the injected delay), so the outcome does not depend on how busy
     the machine is."""
     cfg = _config(
         tiny_config, steps=12, checkpoint_every=100, watchdog={"window_steps": 3, "max_slowdown": 4}
     )
-    real_mse = loop_module.masked_mse
+    real_mse = step_module.masked_mse
     calls = {"n": 0}
     clock = {"now": 0.0}
 
@@ -117,8 +117,8 @@ def test_watchdog_saves_and_stops_a_run_with_an_injected_slow_step(
             clock["now"] += 1.5  # a slow step, without sleeping
         return real_mse(*args, **kwargs)
 
-    monkeypatch.setattr(loop_module, "masked_mse", slow_mse)
-    monkeypatch.setattr(loop_module, "time", types.SimpleNamespace(perf_counter=perf_counter))
+    monkeypatch.setattr(step_module, "masked_mse", slow_mse)
+    monkeypatch.setattr(step_module, "time", types.SimpleNamespace(perf_counter=perf_counter))
     with pytest.raises(RunTooSlow) as err:
         _baseline(cfg, tiny_cache, tmp_path, expected_step_time_s=0.25)
     exc = err.value
@@ -132,7 +132,7 @@ def test_watchdog_saves_and_stops_a_run_with_an_injected_slow_step(
     assert not (tmp_path / "out" / "baseline.ckpt").exists()
 
     # The rerun (the fabric healthy again) resumes at step 6 and finishes.
-    monkeypatch.setattr(loop_module, "masked_mse", real_mse)
+    monkeypatch.setattr(step_module, "masked_mse", real_mse)
     done = _baseline(cfg, tiny_cache, tmp_path, expected_step_time_s=60.0)
     assert done["resumed_from"] == 6 and done["completed"]
 
@@ -145,10 +145,10 @@ def test_no_step_time_watchdog_when_max_slowdown_is_null(
     clock = {"now": 0.0}
 
     def perf_counter() -> float:
-        clock["now"] += 5.0  # each step 5 s on the loop's clock
+        clock["now"] += 5.0  # each step 5 s on the step's clock
         return clock["now"]
 
-    monkeypatch.setattr(loop_module, "time", types.SimpleNamespace(perf_counter=perf_counter))
+    monkeypatch.setattr(step_module, "time", types.SimpleNamespace(perf_counter=perf_counter))
     done = _baseline(cfg, tiny_cache, tmp_path, expected_step_time_s=0.05)
     assert done["completed"] and done["steps_done"] == 6
 

@@ -2,12 +2,12 @@
 Dataset/DataLoader that reads it (see docs/ARCHITECTURE.md).
 
 Modules: :mod:`~aqnet.data.demo` (the demo generator and its transport model),
-:mod:`~aqnet.data.io` (open and validate yearly files), :mod:`~aqnet.data.regrid` (interpolation
-onto the target grid), :mod:`~aqnet.data.cache` (``build_cache``), :mod:`~aqnet.data.layout`
-(the cache's files and their readers), :mod:`~aqnet.data.dataset` (``CacheDataset``,
-``make_loader``, and the one validation subset of every validation pass: ``validation_indices``,
-``make_validation_loader``), :mod:`~aqnet.data.cli` (the ``make-demo-data`` and ``build-cache``
-commands).
+:mod:`~aqnet.data.io` (open yearly files), :mod:`~aqnet.data.validate` (validate them),
+:mod:`~aqnet.data.regrid` (interpolation onto the target grid), :mod:`~aqnet.data.cache`
+(``build_cache``), :mod:`~aqnet.data.layout` (the cache's files and their readers),
+:mod:`~aqnet.data.dataset` (``CacheDataset``, ``make_loader``, and the one validation subset of
+every validation pass: ``validation_indices``, ``make_validation_loader``), :mod:`~aqnet.data.cli`
+(the ``make-demo-data`` and ``build-cache`` commands).
 
 The names below are imported lazily, so ``import aqnet.data`` does not import torch or xarray
 until one of them is used.
@@ -28,13 +28,14 @@ if TYPE_CHECKING:
         validation_samples,
     )
     from aqnet.data.demo import make_demo_data
-    from aqnet.data.io import DataValidationError, open_year, validate_year
+    from aqnet.data.io import DataValidationError, open_year
     from aqnet.data.layout import load_static, load_stats, read_meta
+    from aqnet.data.validate import validate_year
 
 _EXPORTS: dict[str, str] = {
     "make_demo_data": "aqnet.data.demo",
     "open_year": "aqnet.data.io",
-    "validate_year": "aqnet.data.io",
+    "validate_year": "aqnet.data.validate",
     "DataValidationError": "aqnet.data.io",
     "build_cache": "aqnet.data.cache",
     "load_stats": "aqnet.data.layout",

@@ -12,8 +12,8 @@
 
 How it works, memory-bounded whatever the size of a year:
 
-1. every file is opened lazily (xarray + dask) and validated (:func:`aqnet.data.io.validate_year`)
-   before any work starts;
+1. every file is opened lazily (xarray + dask) and validated
+   (:func:`aqnet.data.validate.validate_year`) before any work starts;
 2. each year is read **time chunk by time chunk** (``data.chunk_mb`` MiB per chunk, aligned to the
    file's own chunks), NaNs are filled, the chunk is regridded onto ``grid.ny x grid.nx`` (rows
    south to north) and written into a memory-mapped ``.npy`` in physical units; chunks of the
@@ -57,7 +57,6 @@ from aqnet.data.io import (
     fill_nans,
     open_year,
     source_info,
-    validate_year,
 )
 from aqnet.data.layout import (
     CACHE_FORMAT_VERSION,
@@ -73,6 +72,7 @@ from aqnet.data.layout import (
 )
 from aqnet.data.reference import baseline_stats, loss_mask
 from aqnet.data.regrid import Regridder, target_grid
+from aqnet.data.validate import validate_year
 from aqnet.orders import build_orders, grid_params, save_orders
 from aqnet.stage import write_json
 

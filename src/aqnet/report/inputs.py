@@ -35,7 +35,7 @@ import xarray as xr
 import yaml
 
 from aqnet.report.analysis import check_evaluation
-from aqnet.report.evaluate import open_evaluation
+from aqnet.report.evaluation_file import open_evaluation
 
 log = logging.getLogger("aqnet.report")
 

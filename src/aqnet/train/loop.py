@@ -4,10 +4,11 @@
 (:mod:`aqnet.train.distributed`). This module orchestrates; each part lives beside it:
 
 * **data** - the cache's ``train`` split in a seeded, resumable ``DistributedSampler`` order
-  (:mod:`aqnet.train.sampling`); the global batch ``train.batch_size`` is split over ranks and
-  ``train.grad_accum`` micro-batches (:mod:`aqnet.train.batches`), so one rank and N ranks train
-  on the same global batches;
-* **loss** - masked MSE over the data's domain mask (:func:`aqnet.losses.masked_mse`);
+  (:mod:`aqnet.train.inputs`, :mod:`aqnet.train.sampling`); the global batch
+  ``train.batch_size`` is split over ranks and ``train.grad_accum`` micro-batches
+  (:mod:`aqnet.train.batches`), so one rank and N ranks train on the same global batches;
+* **loss** - masked MSE over the data's domain mask (:func:`aqnet.losses.masked_mse`), one
+  optimizer step at a time (:mod:`aqnet.train.step`);
 * **optimisation** - AdamW over the parameter groups of ``train.param_groups`` with ``lr`` /
   ``lr_new`` (:mod:`aqnet.train.optim`), warm-up + cosine, gradient clipping, optional bf16
   autocast on GPUs, gradient accumulation (DDP's ``no_sync`` on all but the last micro-batch);
@@ -21,14 +22,14 @@
   the last good checkpoint and whether the data or the model is at fault
   (:mod:`aqnet.train.divergence`, :class:`TrainingDiverged`);
 * **resumption** - ``<state_dir>/last.pt`` every ``checkpoint_every`` steps and at the end
-  (:mod:`aqnet.train.state`), written atomically; a restarted run continues exactly where the
-  state left off. ``SIGUSR1`` (Slurm's ``--signal=USR1@<seconds>`` before the time limit) makes
-  every rank finish its step, save the state and stop with :class:`RequeueRequested`; the CLI
-  exits with :data:`REQUEUE_EXIT_CODE` (:mod:`aqnet.train.requeue`).
-  A finished state whose outputs were written is archived and the run starts afresh (a
-  deliberate rerun), as is any state with ``AQNET_FRESH=1`` (:mod:`aqnet.train.resume`); a
-  failed write names the file, the free space and the last good checkpoint
-  (:func:`aqnet.atomic.atomic_save`);
+  (:mod:`aqnet.train.state`, :mod:`aqnet.train.snapshot`), written atomically; a restarted run
+  continues exactly where the state left off. ``SIGUSR1`` (Slurm's ``--signal=USR1@<seconds>``
+  before the time limit) makes every rank finish its step, save the state and stop with
+  :class:`RequeueRequested`; the CLI exits with :data:`REQUEUE_EXIT_CODE`
+  (:mod:`aqnet.train.requeue`). A finished state whose outputs were written is archived and the
+  run starts afresh (a deliberate rerun), as is any state with ``AQNET_FRESH=1``
+  (:mod:`aqnet.train.resume`); a failed write names the file, the free space and the last good
+  checkpoint (:func:`aqnet.atomic.atomic_save`);
 * **watchdog** - with validate_short's step time, a median step time over ``watchdog.max_slowdown``
   x it saves the state and stops (:class:`~aqnet.train.watchdog.RunTooSlow`); in a multi-rank run a
   heartbeat names a dead or stuck rank within ``watchdog.peer_timeout_s`` / ``stall_timeout_s``
@@ -36,7 +37,7 @@
 * **outputs** - the stage's checkpoint (and the baseline's wind orders, the fine-tune's
   ``summary.json``) by rank 0 (:mod:`aqnet.train.outputs`). The fine-tune and ``validate_short``
   start from ``init_checkpoint``, loaded only through :func:`aqnet.checkpoint.load_weights` (the
-  audited path).
+  audited path, :mod:`aqnet.train.warm_start`).
 
 ``validate_short`` runs the fine-tune's first ``gates.validate_short_steps`` steps with the full
 run's schedule and per-rank batch, so its step time is the full run's; it never resumes (a gate
@@ -45,7 +46,6 @@ must see step 0).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import math
@@ -55,28 +55,18 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
-from aqnet.atomic import WriteFailure
 from aqnet.config import POLLUTANTS
-from aqnet.data.dataset import batch_to_device
-from aqnet.losses import masked_mse
-from aqnet.model.alpha import alpha_parameters, alpha_values, project_alphas
-from aqnet.model.presets import input_variables
-from aqnet.stage import StageFailure, write_json
+from aqnet.model.alpha import alpha_parameters, alpha_values
+from aqnet.stage import write_json
 from aqnet.train.batches import STAGES, BatchPlan, plan_batches, train_section
 from aqnet.train.distributed import DistContext, init_distributed
 from aqnet.train.divergence import TrainingDiverged, batch_diagnosis, divergence_message
 from aqnet.train.heartbeat import name_lost_peer, start_heartbeat
+from aqnet.train.inputs import make_loaders, open_training_data
 from aqnet.train.metrics import Progress, metric_columns, write_metrics
-from aqnet.train.optim import (
-    build_optimizer,
-    build_param_groups,
-    build_scheduler,
-    group_lrs,
-)
+from aqnet.train.optim import build_training_optimizer
 from aqnet.train.outputs import hyper_parameters, median_step_time, run_summary, write_checkpoint
 from aqnet.train.requeue import REQUEUE_EXIT_CODE, RequeueRequested, usr1_flag
 from aqnet.train.resume import (
@@ -88,17 +78,12 @@ from aqnet.train.resume import (
     mark_complete,
     start_state,
 )
-from aqnet.train.sampling import ResumableDistributedSampler
-from aqnet.train.state import (
-    STATE_FILE,
-    ResumeError,
-    capture_rng,
-    restore_rng,
-    save_state,
-    seed_everything,
-)
+from aqnet.train.snapshot import restore_training_state, save_training_state
+from aqnet.train.state import STATE_FILE, ResumeError, save_state, seed_everything
+from aqnet.train.step import autocast, train_step
 from aqnet.train.validation import validate
-from aqnet.train.watchdog import RunTooSlow, StepWatchdog
+from aqnet.train.warm_start import load_init_checkpoint
+from aqnet.train.watchdog import RunTooSlow, armed_watchdog
 
 log = logging.getLogger("aqnet.train")
 
@@ -221,12 +206,7 @@ class _Trainer:
         tick: Callable[[], None] | None = None,
         usr1: threading.Event,
     ) -> None:
-        from aqnet.data import (
-            CacheDataset,
-            load_stats,
-            make_validation_loader,
-            validation_samples,
-        )
+        from aqnet.data import load_stats
         from aqnet.model import Forecaster, baseline_of, from_pipeline_config
 
         self.cfg = cfg
@@ -238,16 +218,7 @@ class _Trainer:
         self.state_path = state_dir / STATE_FILE
         self.usr1 = usr1
         self.tick = tick or (lambda: None)
-        wcfg = self.tcfg["watchdog"]
-        self.watchdog = (
-            None
-            if expected_step_time_s is None or wcfg["max_slowdown"] is None
-            else StepWatchdog(
-                expected_step_time_s=float(expected_step_time_s),
-                window_steps=int(wcfg["window_steps"]),
-                max_slowdown=float(wcfg["max_slowdown"]),
-            )
-        )
+        self.watchdog = armed_watchdog(self.tcfg["watchdog"], expected_step_time_s)
         if expected_step_time_s is not None and self.watchdog is None and self.ctx.is_main:
             log.info("%s: step-time watchdog off (finetune.watchdog.max_slowdown: null)", stage)
         self.slow = False  # this rank's watchdog tripped; all ranks stop at the next step
@@ -259,25 +230,12 @@ class _Trainer:
             state_dir.mkdir(parents=True, exist_ok=True)
 
         # -- data ---------------------------------------------------------------------------
-        data_args = {
-            "lead_times_h": tuple(self.lead_times),
-            "out_variables": POLLUTANTS,
-            "in_variables": input_variables(cfg),  # the model's channel order
-        }
-        self.train_ds = CacheDataset(cache_dir, "train", **data_args)
-        self.val_ds = CacheDataset(cache_dir, "val", **data_args)
-        # The length follows the training split when it is given in epochs.
-        self.plan = plan_batches(
-            cfg, stage, world_size=ctx.world_size, start_times=sum(self.train_ds.n_base)
-        )
-        # The pipeline's validation subset (the smoke_forward gate evaluates the same items).
-        self.n_val = validation_samples(cfg, len(self.val_ds))
-        self.steps_per_epoch = len(self.train_ds) // self.plan.global_batch
-        if self.steps_per_epoch < 1:
-            raise ValueError(
-                f"the train split of {cache_dir} has {len(self.train_ds)} samples, fewer than one "
-                f"global batch of {self.plan.global_batch}; lower the batch size"
-            )
+        data = open_training_data(cfg, stage, cache_dir, world_size=ctx.world_size)
+        self.train_ds = data.train
+        self.val_ds = data.val
+        self.plan = data.plan
+        self.n_val = data.n_val
+        self.steps_per_epoch = data.steps_per_epoch
 
         # -- model --------------------------------------------------------------------------
         seed = int(self.tcfg["seed"])
@@ -299,25 +257,16 @@ class _Trainer:
             log.info("%s starts afresh: ignoring %s", stage, self.state_path)
         self.init_report: dict[str, Any] | None = None
         if state is None and init_checkpoint is not None:
-            self.init_report = self._load_init(init_checkpoint)
+            self.init_report = load_init_checkpoint(
+                cfg, self.model, init_checkpoint, is_main=ctx.is_main
+            )
         self.model.to(self.device)
 
-        groups = build_param_groups(
+        self.trainable, self.optimizer, self.scheduler = build_training_optimizer(
             self.model,
-            mode=self.tcfg["param_groups"],
-            lr=float(self.tcfg["lr"]),
-            lr_new=float(self.tcfg["lr_new"]),
-            weight_decay=float(self.tcfg["weight_decay"]),
-            new_names=self.model.new_parameter_names(),
+            self.tcfg,
             topoflow_blocks=self.mcfg.topoflow_blocks,
-        )
-        self.trainable = [p for g in groups for p in g["params"]]
-        self.optimizer = build_optimizer(groups)
-        self.scheduler = build_scheduler(
-            self.optimizer,
-            total_steps=self.plan.schedule_steps,
-            warmup_steps=int(self.tcfg["warmup_steps"]),
-            min_lr_ratio=float(self.tcfg["min_lr_ratio"]),
+            schedule_steps=self.plan.schedule_steps,
         )
 
         # -- state --------------------------------------------------------------------------
@@ -341,29 +290,14 @@ class _Trainer:
                 # The buffers (scan orders, H_scale) are constants: nothing to broadcast per step.
                 broadcast_buffers=False,
             )
-        num_workers = int(self.tcfg["num_workers"])
-        self.sampler = ResumableDistributedSampler(
-            self.train_ds, num_replicas=ctx.world_size, rank=ctx.rank, seed=seed
-        )
-        self.train_loader = DataLoader(
-            self.train_ds,
-            batch_size=self.plan.micro_batch,
-            sampler=self.sampler,
-            num_workers=num_workers,
-            drop_last=True,
-            pin_memory=self.device.type == "cuda",
-            generator=torch.Generator().manual_seed(seed),
+        self.sampler, self.train_loader, self.val_loader = make_loaders(
+            data,
+            ctx=ctx,
+            seed=seed,
+            num_workers=int(self.tcfg["num_workers"]),
+            val_batch_size=int(cfg["validation"]["batch_size"]),
         )
         self._iter: Iterator[Any] | None = None
-        self.val_loader = make_validation_loader(
-            self.val_ds,
-            n_samples=self.n_val,
-            batch_size=int(cfg["validation"]["batch_size"]),
-            rank=ctx.rank,
-            world_size=ctx.world_size,
-            num_workers=num_workers,
-            pin_memory=self.device.type == "cuda",
-        )
         self.autocast = bool(self.tcfg["bf16"]) and self.device.type == "cuda"
         self.progress = Progress(
             total=self.plan.run_steps, enabled=ctx.is_main, every=int(self.tcfg["log_every"])
@@ -372,33 +306,6 @@ class _Trainer:
     # ------------------------------------------------------------------------------------
     # Set-up helpers
     # ------------------------------------------------------------------------------------
-
-    def _load_init(self, path: Path) -> dict[str, Any]:
-        from aqnet.checkpoint import load_weights
-        from aqnet.gates.audit import expected_missing_keys
-
-        expected = expected_missing_keys(self.cfg, self.model)
-        report = load_weights(
-            self.model,
-            path,
-            expected_missing=expected,
-            checkpoint_variables=self.cfg.get("baseline", {}).get("variables"),
-        )
-        if self.ctx.is_main:
-            log.info(
-                "loaded %d tensors (%d parameters) from %s; new: %s",
-                len(report.loaded),
-                report.loaded_parameters,
-                path,
-                ", ".join(report.missing) or "none",
-            )
-        return {
-            "path": str(path),
-            "loaded": len(report.loaded),
-            "loaded_parameters": report.loaded_parameters,
-            "missing": list(report.missing),
-            "val_loss": report.val_loss,
-        }
 
     def _fingerprint(self) -> dict[str, Any]:
         return {
@@ -425,28 +332,21 @@ class _Trainer:
             is_main=self.ctx.is_main,
         )
 
-    def _check_fingerprint(self, state: Mapping[str, Any]) -> None:
-        check_fingerprint(state, self._fingerprint(), state_path=self.state_path)
-
     def _restore(self, state: Mapping[str, Any]) -> None:
-        self._check_fingerprint(state)
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        check_fingerprint(state, self._fingerprint(), state_path=self.state_path)
+        restore_training_state(
+            state,
+            ctx=self.ctx,
+            model=self.model,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+        )
         self.step = int(state["step"])
         self.rows = [dict(r) for r in state["metrics"]]
         self.best = dict(state["best"])
         self.init_report = state.get("init")
         self.last_checkpoint_step = self.step
         self.resumed_from = self.step
-        rng = state["rng"]
-        if len(rng) != self.ctx.world_size and self.ctx.is_main:
-            log.warning(
-                "resume state saved by %d ranks, now %d: rank generators restarted from rank 0's",
-                len(rng),
-                self.ctx.world_size,
-            )
-        restore_rng(rng[self.ctx.rank] if len(rng) == self.ctx.world_size else rng[0])
         if self.ctx.is_main:
             log.info("resumed %s from %s at step %d", self.stage, self.state_path, self.step)
 
@@ -462,71 +362,38 @@ class _Trainer:
             self._iter = iter(self.train_loader)
         return self._iter
 
-    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if self.autocast:
-            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
     def _train_step(self) -> dict[str, Any]:
-        self.net.train()
-        t0 = time.perf_counter()
-        accum = self.plan.grad_accum
-        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        for j in range(accum):
-            x, y, lead, elev, mask = batch_to_device(
-                next(self._batches()), self.device, stage=self.stage, non_blocking=True
-            )
-            sync = (
-                self.net.no_sync()
-                if self.ctx.distributed and j < accum - 1
-                else contextlib.nullcontext()
-            )
-            with sync:
-                with self._autocast():
-                    pred = self.net(x, lead, elev)  # (B, C, H, W)
-                loss = masked_mse(pred.float(), y, mask)
-                (loss / accum).backward()
-            loss_sum += loss.detach().double()
-        # One collective for the loss, the requeue flag and the watchdog's flag.
-        flags = torch.tensor(
-            [float(self.usr1.is_set()), float(self.slow)], dtype=torch.float64, device=self.device
-        )
-        packed = self.ctx.all_reduce_sum(torch.cat([(loss_sum / accum).reshape(1), flags])).cpu()
-        train_loss = float(packed[0]) / self.ctx.world_size
         step = self.step + 1
-        if not math.isfinite(train_loss):
-            self.optimizer.zero_grad(set_to_none=True)
-            raise TrainingDiverged(self._diverged("training loss", train_loss, step))
-        if float(self.tcfg["grad_clip"]) > 0:
-            norm = nn.utils.clip_grad_norm_(self.trainable, float(self.tcfg["grad_clip"]))
-        else:
-            norm = nn.utils.get_total_norm([p.grad for p in self.trainable if p.grad is not None])
-        grad_norm = float(norm)
-        if not math.isfinite(grad_norm):
-            self.optimizer.zero_grad(set_to_none=True)
-            raise TrainingDiverged(self._diverged("gradient norm", grad_norm, step))
-        lrs = group_lrs(self.optimizer)  # the rates of this update
-        self.optimizer.step()
-        project_alphas(self.model)
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        dt = time.perf_counter() - t0
+        result = train_step(
+            self.net,
+            self.model,
+            next_batch=lambda: next(self._batches()),
+            ctx=self.ctx,
+            stage=self.stage,
+            grad_accum=self.plan.grad_accum,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            trainable=self.trainable,
+            grad_clip=float(self.tcfg["grad_clip"]),
+            bf16=self.autocast,
+            requeue_requested=self.usr1.is_set,
+            slow=self.slow,
+            diverged=lambda what, value: self._diverged(what, value, step),
+        )
         self.step = step
         if self.step % self.steps_per_epoch == 0:
             self._iter = None  # next epoch
         return {
             "step": self.step,
             "epoch": self.step / self.steps_per_epoch,
-            "train_loss": train_loss,
-            **lrs,
+            "train_loss": result.train_loss,
+            **result.lrs,
             **self._alphas(),
-            "grad_norm": grad_norm,
-            "samples_per_s": self.plan.global_batch / dt,
-            "step_time_s": dt,
-            "requeue": float(packed[1]) > 0,
-            "slow": float(packed[2]) > 0,
+            "grad_norm": result.grad_norm,
+            "samples_per_s": self.plan.global_batch / result.step_time_s,
+            "step_time_s": result.step_time_s,
+            "requeue": result.requeue,
+            "slow": result.slow,
         }
 
     def _watch(self, step_time_s: float) -> None:
@@ -584,7 +451,7 @@ class _Trainer:
             device=self.device,
             all_reduce_sum=self.ctx.all_reduce_sum,
             n_samples=self.n_val,
-            autocast=self._autocast,
+            autocast=lambda: autocast(self.autocast),
             # the stall check is armed after the first step
             after_batch=self.tick if self.steps_this_process else None,
         )
@@ -608,24 +475,14 @@ class _Trainer:
 
     def _save_state(self) -> None:
         """Rank 0 writes ``last.pt``; a failed write stops every rank with rank 0's message."""
-        rng = self.ctx.all_gather_object(capture_rng())
-        failure: WriteFailure | None = None
-        if self.ctx.is_main:
-            try:
-                self._write_state(rng)
-            except WriteFailure as exc:
-                failure = exc
-        flag = torch.tensor([float(failure is not None)], device=self.device)
-        if float(self.ctx.all_reduce_max(flag)[0]) > 0:
-            if self.last_checkpoint_step is not None:
-                last = f"step {self.last_checkpoint_step}, in {self.state_path}"
-            else:
-                last = "none yet"
-            where = str(failure) if failure is not None else "rank 0 could not write it"
-            raise StageFailure(
-                f"{self.stage}: checkpoint at step {self.step} failed: {where}; last good "
-                f"checkpoint: {last}. Free space (or fix the file system) and rerun to resume"
-            )
+        save_training_state(
+            self.ctx,
+            self._write_state,
+            stage=self.stage,
+            step=self.step,
+            state_path=self.state_path,
+            last_checkpoint_step=self.last_checkpoint_step,
+        )
         self.last_checkpoint_step = self.step
 
     def _write_state(self, rng: list[Any]) -> None:

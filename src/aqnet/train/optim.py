@@ -20,7 +20,7 @@ at ``total_steps``.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -33,6 +33,7 @@ __all__ = [
     "build_optimizer",
     "build_param_groups",
     "build_scheduler",
+    "build_training_optimizer",
     "group_lrs",
     "no_weight_decay",
     "warmup_cosine",
@@ -154,6 +155,35 @@ def build_scheduler(
         )
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def build_training_optimizer(
+    model: nn.Module,
+    settings: Mapping[str, Any],
+    *,
+    topoflow_blocks: Sequence[int],
+    schedule_steps: int,
+) -> tuple[list[nn.Parameter], torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
+    """The ``(trainable parameters, optimizer, schedule)`` of a training section ``settings``
+    (``param_groups``, ``lr``, ``lr_new``, ``weight_decay``, ``warmup_steps``, ``min_lr_ratio``)."""
+    groups = build_param_groups(
+        model,
+        mode=settings["param_groups"],
+        lr=float(settings["lr"]),
+        lr_new=float(settings["lr_new"]),
+        weight_decay=float(settings["weight_decay"]),
+        new_names=model.new_parameter_names(),
+        topoflow_blocks=topoflow_blocks,
+    )
+    trainable = [p for g in groups for p in g["params"]]
+    optimizer = build_optimizer(groups)
+    scheduler = build_scheduler(
+        optimizer,
+        total_steps=schedule_steps,
+        warmup_steps=int(settings["warmup_steps"]),
+        min_lr_ratio=float(settings["min_lr_ratio"]),
+    )
+    return trainable, optimizer, scheduler
 
 
 def group_lrs(optimizer: torch.optim.Optimizer) -> dict[str, float]:

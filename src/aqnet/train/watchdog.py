@@ -38,6 +38,7 @@ __all__ = [
     "PeerMonitor",
     "RunTooSlow",
     "StepWatchdog",
+    "armed_watchdog",
     "expected_step_time",
     "name_lost_peer",
     "start_heartbeat",
@@ -70,6 +71,20 @@ def expected_step_time(report: Mapping[str, Any]) -> float:
             "rerun validate_short"
         )
     return float(value)
+
+
+def armed_watchdog(
+    settings: Mapping[str, Any], expected_step_time_s: float | None
+) -> StepWatchdog | None:
+    """The watchdog of ``settings`` (``<stage>.watchdog``), or ``None`` when it is off: no
+    expected step time, or ``max_slowdown: null``."""
+    if expected_step_time_s is None or settings["max_slowdown"] is None:
+        return None
+    return StepWatchdog(
+        expected_step_time_s=float(expected_step_time_s),
+        window_steps=int(settings["window_steps"]),
+        max_slowdown=float(settings["max_slowdown"]),
+    )
 
 
 @dataclasses.dataclass(kw_only=True)
