@@ -14,7 +14,8 @@
   autocast on GPUs, gradient accumulation (DDP's ``no_sync`` on all but the last micro-batch);
   every ``elevation_alpha`` is kept >= 0 after the update (:mod:`aqnet.model.alpha`);
 * **validation** at step 0 (before any update), every ``val_every`` steps and at the end, over the
-  pipeline's one validation subset (:mod:`aqnet.train.validation`; the ``smoke_forward`` gate
+  pipeline's one validation subset (:mod:`aqnet.train.validation`, the best so far kept by
+  :mod:`aqnet.train.best`; the ``smoke_forward`` gate
   evaluates the same items), so the loss does not depend on the number of ranks or the batch
   size;
 * **metrics** - ``metrics.csv`` by rank 0 (:mod:`aqnet.train.metrics`), a progress bar on a TTY;
@@ -35,20 +36,22 @@
   heartbeat names a dead or stuck rank within ``watchdog.peer_timeout_s`` / ``stall_timeout_s``
   (:class:`~aqnet.train.heartbeat.PeerLost`);
 * **outputs** - the stage's checkpoint (and the baseline's wind orders, the fine-tune's
-  ``summary.json``) by rank 0 (:mod:`aqnet.train.outputs`). The fine-tune and ``validate_short``
+  ``summary.json``) by rank 0 (:mod:`aqnet.train.outputs`, written with ``metrics.csv`` and
+  ``last.pt`` by :mod:`aqnet.train.writer`). The fine-tune and ``validate_short``
   start from ``init_checkpoint``, loaded only through :func:`aqnet.checkpoint.load_weights` (the
   audited path, :mod:`aqnet.train.warm_start`).
 
 ``validate_short`` runs the fine-tune's first ``gates.validate_short_steps`` steps with the full
 run's schedule and per-rank batch, so its step time is the full run's; it never resumes (a gate
 must see step 0).
+
+What the loop carries from step to step (the step, the metrics rows, the best validation, the
+last checkpoint) is one record, :class:`~aqnet.train.run_state.RunState`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -59,31 +62,30 @@ from torch import nn
 
 from aqnet.config import POLLUTANTS
 from aqnet.model.alpha import alpha_parameters, alpha_values
-from aqnet.stage import write_json
 from aqnet.train.batches import STAGES, BatchPlan, plan_batches, train_section
+from aqnet.train.best import ValidationTracker
 from aqnet.train.distributed import DistContext, init_distributed
-from aqnet.train.divergence import TrainingDiverged, batch_diagnosis, divergence_message
+from aqnet.train.divergence import TrainingDiverged
+from aqnet.train.guard import RunGuard
 from aqnet.train.heartbeat import name_lost_peer, start_heartbeat
 from aqnet.train.inputs import make_loaders, open_training_data
-from aqnet.train.metrics import Progress, metric_columns, write_metrics
+from aqnet.train.metrics import Progress, metric_columns
 from aqnet.train.optim import build_training_optimizer
-from aqnet.train.outputs import hyper_parameters, median_step_time, run_summary, write_checkpoint
 from aqnet.train.requeue import REQUEUE_EXIT_CODE, RequeueRequested, usr1_flag
 from aqnet.train.resume import (
-    FINGERPRINT_SETTINGS,
     FRESH_ENV,
     check_fingerprint,
-    current_job_id,
     fresh_requested,
-    mark_complete,
+    run_fingerprint,
     start_state,
 )
+from aqnet.train.run_state import RunState
 from aqnet.train.snapshot import restore_training_state, save_training_state
-from aqnet.train.state import STATE_FILE, ResumeError, save_state, seed_everything
-from aqnet.train.step import autocast, train_step
-from aqnet.train.validation import validate
+from aqnet.train.state import STATE_FILE, ResumeError, seed_everything
+from aqnet.train.step import train_step
 from aqnet.train.warm_start import load_init_checkpoint
-from aqnet.train.watchdog import RunTooSlow, armed_watchdog
+from aqnet.train.watchdog import armed_watchdog
+from aqnet.train.writer import RunWriter
 
 log = logging.getLogger("aqnet.train")
 
@@ -188,7 +190,8 @@ def run_training(
 
 
 class _Trainer:
-    """The state of one training run on one rank (see :func:`run_training`)."""
+    """One training run on one rank (see :func:`run_training`); its running state is
+    ``self.state``."""
 
     def __init__(
         self,
@@ -216,13 +219,9 @@ class _Trainer:
         self.tcfg = train_section(cfg, stage)
         self.out_dir = out_dir
         self.state_path = state_dir / STATE_FILE
-        self.usr1 = usr1
-        self.tick = tick or (lambda: None)
-        self.watchdog = armed_watchdog(self.tcfg["watchdog"], expected_step_time_s)
-        if expected_step_time_s is not None and self.watchdog is None and self.ctx.is_main:
+        watchdog = armed_watchdog(self.tcfg["watchdog"], expected_step_time_s)
+        if expected_step_time_s is not None and watchdog is None and self.ctx.is_main:
             log.info("%s: step-time watchdog off (finetune.watchdog.max_slowdown: null)", stage)
-        self.slow = False  # this rank's watchdog tripped; all ranks stop at the next step
-        self.steps_this_process = 0
         self.lead_times = [int(h) for h in cfg["lead_times_h"]]
         self.start_time = time.perf_counter()
         if ctx.is_main:
@@ -236,6 +235,18 @@ class _Trainer:
         self.plan = data.plan
         self.n_val = data.n_val
         self.steps_per_epoch = data.steps_per_epoch
+        self.guard = RunGuard(
+            ctx=ctx,
+            stage=stage,
+            state_path=self.state_path,
+            usr1=usr1,
+            tick=tick or (lambda: None),
+            watchdog=watchdog,
+            train_ds=self.train_ds,
+            steps_per_epoch=self.steps_per_epoch,
+            per_rank_step=self.plan.per_rank_step,
+            seed=int(self.tcfg["seed"]),
+        )
 
         # -- model --------------------------------------------------------------------------
         seed = int(self.tcfg["seed"])
@@ -250,14 +261,32 @@ class _Trainer:
             topoflow_blocks=sorted(self.alpha_params),
         )
 
-        state = None
-        if resume:
-            state = self._start_state(fresh=fresh)
+        self.fingerprint = run_fingerprint(
+            stage=stage,
+            model_config=self.mcfg.to_dict(),
+            global_batch=self.plan.global_batch,
+            schedule_steps=self.plan.schedule_steps,
+            lead_times_h=self.lead_times,
+            train_samples=len(self.train_ds),
+            validation_samples=self.n_val,
+            tcfg=self.tcfg,
+        )
+        saved = None
+        if resume:  # the state to resume from, or None after archiving it for a fresh start
+            saved = start_state(
+                self.state_path,
+                stage=stage,
+                run_steps=self.plan.run_steps,
+                fresh=fresh,
+                fingerprint=self.fingerprint,
+                barrier=ctx.barrier,
+                is_main=ctx.is_main,
+            )
         elif ctx.is_main and self.state_path.exists():
             log.info("%s starts afresh: ignoring %s", stage, self.state_path)
-        self.init_report: dict[str, Any] | None = None
-        if state is None and init_checkpoint is not None:
-            self.init_report = load_init_checkpoint(
+        init_report: dict[str, Any] | None = None
+        if saved is None and init_checkpoint is not None:
+            init_report = load_init_checkpoint(
                 cfg, self.model, init_checkpoint, is_main=ctx.is_main
             )
         self.model.to(self.device)
@@ -269,14 +298,20 @@ class _Trainer:
             schedule_steps=self.plan.schedule_steps,
         )
 
-        # -- state --------------------------------------------------------------------------
-        self.step = 0
-        self.rows: list[dict[str, Any]] = []
-        self.best: dict[str, Any] = {"val_loss": None, "step": None, "model": None}
-        self.last_checkpoint_step: int | None = None
-        self.resumed_from: int | None = None
-        if state is not None:
-            self._restore(state)
+        # -- running state ------------------------------------------------------------------
+        self.state = RunState(init_report=init_report)
+        if saved is not None:
+            check_fingerprint(saved, self.fingerprint, state_path=self.state_path)
+            restore_training_state(
+                saved,
+                ctx=ctx,
+                model=self.model,
+                optimizer=self.optimizer,
+                scheduler=self.scheduler,
+            )
+            self.state = RunState.restored(saved)
+            if ctx.is_main:
+                log.info("resumed %s from %s at step %d", stage, self.state_path, self.state.step)
 
         # -- wrappers and loaders -----------------------------------------------------------
         self.net: nn.Module = self.model
@@ -302,53 +337,36 @@ class _Trainer:
         self.progress = Progress(
             total=self.plan.run_steps, enabled=ctx.is_main, every=int(self.tcfg["log_every"])
         )
-
-    # ------------------------------------------------------------------------------------
-    # Set-up helpers
-    # ------------------------------------------------------------------------------------
-
-    def _fingerprint(self) -> dict[str, Any]:
-        return {
-            "stage": self.stage,
-            "model_config": self.mcfg.to_dict(),
-            "global_batch": self.plan.global_batch,
-            "schedule_steps": self.plan.schedule_steps,
-            "lead_times_h": list(self.lead_times),
-            "train_samples": len(self.train_ds),
-            # best_val_loss compares passes: they must all evaluate the same subset
-            "validation_samples": self.n_val,
-            **{k: self.tcfg[k] for k in FINGERPRINT_SETTINGS},
-        }
-
-    def _start_state(self, *, fresh: bool) -> dict[str, Any] | None:
-        """The state to resume from, or ``None`` after archiving it for a fresh start."""
-        return start_state(
-            self.state_path,
-            stage=self.stage,
-            run_steps=self.plan.run_steps,
-            fresh=fresh,
-            fingerprint=self._fingerprint(),
-            barrier=self.ctx.barrier,
-            is_main=self.ctx.is_main,
+        self.validation = ValidationTracker(
+            model=self.model,
+            loader=self.val_loader,
+            stage=stage,
+            lead_times_h=self.lead_times,
+            device=self.device,
+            all_reduce_sum=ctx.all_reduce_sum,
+            n_samples=self.n_val,
+            bf16=self.autocast,
+            diverged=self._diverged,
         )
-
-    def _restore(self, state: Mapping[str, Any]) -> None:
-        check_fingerprint(state, self._fingerprint(), state_path=self.state_path)
-        restore_training_state(
-            state,
-            ctx=self.ctx,
+        self.writer = RunWriter(
+            ctx=ctx,
+            stage=stage,
+            variant=cfg.get("variant", "default"),
+            tcfg=self.tcfg,
+            out_dir=out_dir,
+            state_path=self.state_path,
             model=self.model,
             optimizer=self.optimizer,
             scheduler=self.scheduler,
+            mcfg=self.mcfg,
+            plan=self.plan,
+            steps_per_epoch=self.steps_per_epoch,
+            lead_times_h=self.lead_times,
+            columns=self.columns,
+            train_ds=self.train_ds,
+            n_val=self.n_val,
+            fingerprint=self.fingerprint,
         )
-        self.step = int(state["step"])
-        self.rows = [dict(r) for r in state["metrics"]]
-        self.best = dict(state["best"])
-        self.init_report = state.get("init")
-        self.last_checkpoint_step = self.step
-        self.resumed_from = self.step
-        if self.ctx.is_main:
-            log.info("resumed %s from %s at step %d", self.stage, self.state_path, self.step)
 
     # ------------------------------------------------------------------------------------
     # Steps
@@ -357,13 +375,13 @@ class _Trainer:
     def _batches(self) -> Iterator[Any]:
         """The next micro-batch; a new iterator at each epoch start (or after a resume)."""
         if self._iter is None:
-            epoch, pos = divmod(self.step, self.steps_per_epoch)
+            epoch, pos = divmod(self.state.step, self.steps_per_epoch)
             self.sampler.set_position(epoch=epoch, start=pos * self.plan.per_rank_step)
             self._iter = iter(self.train_loader)
         return self._iter
 
     def _train_step(self) -> dict[str, Any]:
-        step = self.step + 1
+        step = self.state.step + 1
         result = train_step(
             self.net,
             self.model,
@@ -376,16 +394,16 @@ class _Trainer:
             trainable=self.trainable,
             grad_clip=float(self.tcfg["grad_clip"]),
             bf16=self.autocast,
-            requeue_requested=self.usr1.is_set,
-            slow=self.slow,
+            requeue_requested=self.guard.usr1.is_set,
+            slow=self.guard.slow,
             diverged=lambda what, value: self._diverged(what, value, step),
         )
-        self.step = step
-        if self.step % self.steps_per_epoch == 0:
+        self.state.step = step
+        if self.state.step % self.steps_per_epoch == 0:
             self._iter = None  # next epoch
         return {
-            "step": self.step,
-            "epoch": self.step / self.steps_per_epoch,
+            "step": self.state.step,
+            "epoch": self.state.step / self.steps_per_epoch,
             "train_loss": result.train_loss,
             **result.lrs,
             **self._alphas(),
@@ -396,170 +414,27 @@ class _Trainer:
             "slow": result.slow,
         }
 
-    def _watch(self, step_time_s: float) -> None:
-        """Feed the watchdog (not the first step of a process: start-up and warm-up)."""
-        self.tick()
-        self.steps_this_process += 1
-        if self.watchdog is None or self.steps_this_process == 1:
-            return
-        self.watchdog.observe(step_time_s)
-        self.slow = self.slow or self.watchdog.tripped()
-
-    def _too_slow(self) -> RunTooSlow:
-        """Every rank: the worst rank's median, named, in one message (after the state save)."""
-        assert self.watchdog is not None  # only armed runs raise the flag
-        return self.watchdog.stop(
-            medians_s=self.ctx.all_gather_object(self.watchdog.median_s() or 0.0),
-            hosts=[str(r["host"]) for r in self.ctx.ranks],
-            stage=self.stage,
-            step=self.step,
-            state_path=self.state_path,
-        )
-
     def _diverged(self, what: str, value: float, step: int) -> str:
-        hint = ""
-        if what != "validation loss":
-            hint = batch_diagnosis(
-                self.train_ds,
-                step=step,
-                steps_per_epoch=self.steps_per_epoch,
-                per_rank_step=self.plan.per_rank_step,
-                rank=self.ctx.rank,
-                world_size=self.ctx.world_size,
-                seed=int(self.tcfg["seed"]),
-            )
-        return divergence_message(
-            stage=self.stage,
-            what=what,
-            value=value,
-            step=step,
-            steps_per_epoch=self.steps_per_epoch,
-            state_path=self.state_path,
-            last_checkpoint_step=self.last_checkpoint_step,
-            hint=hint,
-        )
+        last = self.state.last_checkpoint_step
+        return self.guard.diverged(what, value, step, last_checkpoint_step=last)
 
     def _alphas(self) -> dict[str, float]:
         return alpha_values(self.alpha_params)
 
-    def _validate(self) -> dict[str, Any]:
-        out = validate(
-            self.model,
-            self.val_loader,
-            stage=self.stage,
-            lead_times_h=self.lead_times,
-            device=self.device,
-            all_reduce_sum=self.ctx.all_reduce_sum,
-            n_samples=self.n_val,
-            autocast=lambda: autocast(self.autocast),
-            # the stall check is armed after the first step
-            after_batch=self.tick if self.steps_this_process else None,
-        )
-        if not math.isfinite(out["val_loss"]):
-            raise TrainingDiverged(self._diverged("validation loss", out["val_loss"], self.step))
-        return out
-
     def _record_validation(self, row: dict[str, Any]) -> None:
-        row.update(self._validate())
-        val = row["val_loss"]
-        if self.best["val_loss"] is None or val < self.best["val_loss"]:
-            self.best = {"val_loss": val, "step": self.step, "model": None}
-            if self.stage == "baseline":
-                self.best["model"] = {
-                    k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()
-                }
-
-    # ------------------------------------------------------------------------------------
-    # Persistence
-    # ------------------------------------------------------------------------------------
+        self.validation.record(row, self.state, after_batch=self.guard.after_batch)
 
     def _save_state(self) -> None:
         """Rank 0 writes ``last.pt``; a failed write stops every rank with rank 0's message."""
         save_training_state(
             self.ctx,
-            self._write_state,
+            lambda rng: self.writer.write_state(self.state, rng),
             stage=self.stage,
-            step=self.step,
+            step=self.state.step,
             state_path=self.state_path,
-            last_checkpoint_step=self.last_checkpoint_step,
+            last_checkpoint_step=self.state.last_checkpoint_step,
         )
-        self.last_checkpoint_step = self.step
-
-    def _write_state(self, rng: list[Any]) -> None:
-        if self.ctx.is_main:
-            epoch, pos = divmod(self.step, self.steps_per_epoch)
-            save_state(
-                self.state_path,
-                {
-                    "stage": self.stage,
-                    "fingerprint": self._fingerprint(),
-                    "step": self.step,
-                    "sampler": {"epoch": epoch, "step_in_epoch": pos, "seed": self.tcfg["seed"]},
-                    "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
-                    "optimizer": self.optimizer.state_dict(),
-                    "scheduler": self.scheduler.state_dict(),
-                    "rng": rng,
-                    "metrics": self.rows,
-                    "best": self.best,
-                    "init": self.init_report,
-                    "world_size": self.ctx.world_size,
-                    "job_id": current_job_id(),
-                },
-            )
-            self._write_metrics()
-
-    def _write_metrics(self) -> None:
-        if self.ctx.is_main:
-            write_metrics(self.out_dir / "metrics.csv", self.rows, self.columns)
-
-    def _write_outputs(self) -> dict[str, str]:
-        outputs = {"metrics": str(self.out_dir / "metrics.csv")}
-        if not self.ctx.is_main:
-            return outputs
-        self._write_metrics()
-        hp = hyper_parameters(
-            model_config=self.mcfg.to_dict(),
-            stage=self.stage,
-            variant=self.cfg.get("variant", "default"),
-            steps=self.step,
-            global_batch=self.plan.global_batch,
-            lr=float(self.tcfg["lr"]),
-            lr_new=float(self.tcfg["lr_new"]),
-            lead_times_h=self.lead_times,
-            best=self.best,
-        )
-        outputs.update(
-            write_checkpoint(
-                self.stage,
-                self.out_dir,
-                self.model,
-                hyper_parameters=hp,
-                best=self.best,
-                final_val_loss=self.rows[-1].get("val_loss"),
-                step=self.step,
-            )
-        )
-        if self.stage == "finetune":
-            summary_path = self.out_dir / "summary.json"
-            write_json(summary_path, self._summary())
-            outputs["summary"] = str(summary_path)
-        return outputs
-
-    def _summary(self) -> dict[str, Any]:
-        return run_summary(
-            stage=self.stage,
-            variant=self.cfg.get("variant", "default"),
-            steps=self.step,
-            world_size=self.ctx.world_size,
-            global_batch=self.plan.global_batch,
-            train_start_times=sum(self.train_ds.n_base),
-            validation_samples=self.n_val,
-            rows=self.rows,
-            best=self.best,
-            init_report=self.init_report,
-            resumed_from=self.resumed_from,
-            model_config=self.mcfg.to_dict(),
-        )
+        self.state.last_checkpoint_step = self.state.step
 
     # ------------------------------------------------------------------------------------
     # The run
@@ -573,7 +448,7 @@ class _Trainer:
                 "%d steps per epoch, validation on %d samples, device %s",
                 self.stage,
                 run_steps,
-                self.step,
+                self.state.step,
                 self.plan.global_batch,
                 self.ctx.world_size,
                 self.plan.micro_batch,
@@ -582,74 +457,49 @@ class _Trainer:
                 self.n_val,
                 self.device,
             )
-        if self.step > run_steps:
+        if self.state.step > run_steps:
             raise ResumeError(
-                f"resume state {self.state_path} is at step {self.step}, beyond this run's "
+                f"resume state {self.state_path} is at step {self.state.step}, beyond this run's "
                 f"{run_steps} steps; start afresh with {FRESH_ENV}=1 (the state is kept under a "
                 "dated name)"
             )
-        if not self.rows:
+        if not self.state.rows:
             row: dict[str, Any] = {"step": 0, "epoch": 0.0}
             row.update(self._alphas())
             self._record_validation(row)
-            self.rows.append(row)
-            self._write_metrics()
+            self.state.rows.append(row)
+            self.writer.write_metrics(self.state)
             self.progress.update(row)
         stopped = None
         val_every = int(self.tcfg["val_every"])
         ckpt_every = int(self.tcfg["checkpoint_every"])
-        while self.step < run_steps:
+        while self.state.step < run_steps:
             row = self._train_step()
             requeue = row.pop("requeue")
             slow = row.pop("slow")
-            self._watch(row["step_time_s"])
-            last = self.step == run_steps
-            if self.step % val_every == 0 or last:
+            self.guard.watch(row["step_time_s"])
+            last = self.state.step == run_steps
+            if self.state.step % val_every == 0 or last:
                 self._record_validation(row)
-            self.rows.append(row)
+            self.state.rows.append(row)
             self.progress.update(row)
-            if self.step % ckpt_every == 0 or last or requeue or slow:
+            if self.state.step % ckpt_every == 0 or last or requeue or slow:
                 self._save_state()
             elif row.get("val_loss") is not None:
-                self._write_metrics()
+                self.writer.write_metrics(self.state)
             if requeue and not last:
-                raise RequeueRequested(
-                    f"{self.stage}: SIGUSR1 received; state saved at step {self.step} in "
-                    f"{self.state_path}; requeue the job to continue "
-                    f"(exit code {REQUEUE_EXIT_CODE})",
-                    step=self.step,
-                    state_path=self.state_path,
-                )
+                raise self.guard.requeue(self.state.step)
             if slow and not last:
-                raise self._too_slow()
-            if stop_after_step is not None and self.step >= stop_after_step and not last:
-                stopped = self.step
+                raise self.guard.too_slow(self.state.step)
+            if stop_after_step is not None and self.state.step >= stop_after_step and not last:
+                stopped = self.state.step
                 break
-        completed = self.step >= run_steps
-        outputs = self._write_outputs() if completed else {}
-        if completed and self.ctx.is_main:
-            mark_complete(self.state_path.parent, stage=self.stage, step=self.step, outputs=outputs)
-        val_rows = [r for r in self.rows if r.get("val_loss") is not None]
-        return {
-            "stage": self.stage,
-            "steps_done": self.step,
-            "run_steps": run_steps,
-            "completed": completed,
-            "stopped_after_step": stopped,
-            "resumed_from": self.resumed_from,
-            "world_size": self.ctx.world_size,
-            "ranks": self.ctx.ranks,
-            "launcher": self.ctx.info.launcher,
-            "batch": dataclasses.asdict(self.plan),
-            "validation_samples": self.n_val,
-            "rows": self.rows,
-            "step0_val_loss": val_rows[0]["val_loss"] if val_rows else None,
-            "final_val_loss": val_rows[-1]["val_loss"] if val_rows else None,
-            "best_val_loss": self.best["val_loss"],
-            "best_step": self.best["step"],
-            "step_time_s": median_step_time(self.rows),
-            "wall_time_s": time.perf_counter() - self.start_time,
-            "init": self.init_report,
-            "outputs": outputs,
-            "state_path": str(self.state_path),
-        }
+        completed = self.state.step >= run_steps
+        return self.writer.result(
+            self.state,
+            run_steps=run_steps,
+            completed=completed,
+            stopped_after_step=stopped,
+            outputs=self.writer.finish(self.state) if completed else {},
+            wall_time_s=time.perf_counter() - self.start_time,
+        )

@@ -23,7 +23,7 @@ import dataclasses
 import datetime as _dt
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ __all__ = [
     "fresh_requested",
     "mark_complete",
     "plan_start",
+    "run_fingerprint",
     "start_state",
 ]
 
@@ -143,6 +144,32 @@ def plan_start(
             "resuming to write them",
         )
     return StartPlan(action="resume", state=dict(state), reason=f"resuming from step {step}")
+
+
+def run_fingerprint(
+    *,
+    stage: str,
+    model_config: Mapping[str, Any],
+    global_batch: int,
+    schedule_steps: int,
+    lead_times_h: Sequence[int],
+    train_samples: int,
+    validation_samples: int,
+    tcfg: Mapping[str, Any],
+) -> dict[str, Any]:
+    """What a resume state must match: the model, the batch layout, the schedule, the data and
+    the :data:`FINGERPRINT_SETTINGS` of the stage's ``train`` section ``tcfg``."""
+    return {
+        "stage": stage,
+        "model_config": model_config,
+        "global_batch": global_batch,
+        "schedule_steps": schedule_steps,
+        "lead_times_h": list(lead_times_h),
+        "train_samples": train_samples,
+        # best_val_loss compares passes: they must all evaluate the same subset
+        "validation_samples": validation_samples,
+        **{k: tcfg[k] for k in FINGERPRINT_SETTINGS},
+    }
 
 
 def check_fingerprint(
