@@ -29,8 +29,8 @@ __all__ = ["ValidationTracker"]
 class ValidationTracker:
     """Validation of one run on one rank (a collective: every rank calls it at the same steps).
 
-    ``diverged(what, value, step)`` is the message of a non-finite loss
-    (:func:`aqnet.train.divergence.divergence_message`).
+    ``diverged(what, value, step, last_checkpoint_step=...)`` is the message of a non-finite loss
+    (:meth:`aqnet.train.guard.RunGuard.diverged`).
     """
 
     model: nn.Module
@@ -41,10 +41,17 @@ class ValidationTracker:
     all_reduce_sum: Callable[[torch.Tensor], torch.Tensor]
     n_samples: int
     bf16: bool
-    diverged: Callable[[str, float, int], str]
+    diverged: Callable[..., str]
 
-    def validate(self, *, step: int, after_batch: Callable[[], None] | None) -> dict[str, Any]:
-        """One pass at ``step``; raises :class:`TrainingDiverged` on a non-finite loss."""
+    def validate(
+        self,
+        *,
+        step: int,
+        last_checkpoint_step: int | None,
+        after_batch: Callable[[], None] | None,
+    ) -> dict[str, Any]:
+        """One pass at ``step``; raises :class:`TrainingDiverged` on a non-finite loss, naming
+        the last good checkpoint (``last_checkpoint_step``)."""
         out = validate(
             self.model,
             self.loader,
@@ -57,14 +64,23 @@ class ValidationTracker:
             after_batch=after_batch,
         )
         if not math.isfinite(out["val_loss"]):
-            raise TrainingDiverged(self.diverged("validation loss", out["val_loss"], step))
+            message = self.diverged(
+                "validation loss", out["val_loss"], step, last_checkpoint_step=last_checkpoint_step
+            )
+            raise TrainingDiverged(message)
         return out
 
     def record(
         self, row: dict[str, Any], state: RunState, *, after_batch: Callable[[], None] | None
     ) -> None:
         """Validate at ``state.step`` into ``row``; a better loss becomes ``state.best``."""
-        row.update(self.validate(step=state.step, after_batch=after_batch))
+        row.update(
+            self.validate(
+                step=state.step,
+                last_checkpoint_step=state.last_checkpoint_step,
+                after_batch=after_batch,
+            )
+        )
         val = row["val_loss"]
         if state.best["val_loss"] is None or val < state.best["val_loss"]:
             state.best = {"val_loss": val, "step": state.step, "model": None}

@@ -235,6 +235,20 @@ class DistContext:
         if self.distributed:
             dist.barrier()
 
+    def wrap(self, model: torch.nn.Module, *, find_unused_parameters: bool) -> torch.nn.Module:
+        """``model`` in ``DistributedDataParallel`` over this run's ranks; itself for one process.
+
+        The buffers (scan orders, ``H_scale``) are constants, so none is broadcast per step.
+        """
+        if not self.distributed:
+            return model
+        return torch.nn.parallel.DistributedDataParallel(
+            model,
+            device_ids=[self.device.index] if self.device.type == "cuda" else None,
+            find_unused_parameters=find_unused_parameters,
+            broadcast_buffers=False,
+        )
+
     def close(self) -> None:
         """Destroy the process group (idempotent)."""
         if self.distributed and dist.is_initialized():

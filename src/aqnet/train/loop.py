@@ -1,7 +1,8 @@
 """The training loop: one entry point for the baseline, the short validation run and the fine-tune.
 
 :func:`run_training` runs as a single process, under ``torchrun`` or as ``srun`` ranks
-(:mod:`aqnet.train.distributed`). This module orchestrates; each part lives beside it:
+(:mod:`aqnet.train.distributed`). This module orchestrates the steps; the parts are built before
+the first one by :func:`aqnet.train.setup.set_up_run`, and each lives beside it:
 
 * **data** - the cache's ``train`` split in a seeded, resumable ``DistributedSampler`` order
   (:mod:`aqnet.train.inputs`, :mod:`aqnet.train.sampling`); the global batch
@@ -52,40 +53,22 @@ last checkpoint) is one record, :class:`~aqnet.train.run_state.RunState`.
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from torch import nn
-
-from aqnet.config import POLLUTANTS
-from aqnet.model.alpha import alpha_parameters, alpha_values
+from aqnet.model.alpha import alpha_values
 from aqnet.train.batches import STAGES, BatchPlan, plan_batches, train_section
-from aqnet.train.best import ValidationTracker
-from aqnet.train.distributed import DistContext, init_distributed
+from aqnet.train.distributed import init_distributed
 from aqnet.train.divergence import TrainingDiverged
-from aqnet.train.guard import RunGuard
 from aqnet.train.heartbeat import name_lost_peer, start_heartbeat
-from aqnet.train.inputs import make_loaders, open_training_data
-from aqnet.train.metrics import Progress, metric_columns
-from aqnet.train.optim import build_training_optimizer
 from aqnet.train.requeue import REQUEUE_EXIT_CODE, RequeueRequested, usr1_flag
-from aqnet.train.resume import (
-    FRESH_ENV,
-    check_fingerprint,
-    fresh_requested,
-    run_fingerprint,
-    start_state,
-)
-from aqnet.train.run_state import RunState
-from aqnet.train.snapshot import restore_training_state, save_training_state
-from aqnet.train.state import STATE_FILE, ResumeError, seed_everything
+from aqnet.train.resume import FRESH_ENV, fresh_requested
+from aqnet.train.setup import RunParts, set_up_run
+from aqnet.train.snapshot import save_training_state
+from aqnet.train.state import ResumeError
 from aqnet.train.step import train_step
-from aqnet.train.warm_start import load_init_checkpoint
-from aqnet.train.watchdog import armed_watchdog
-from aqnet.train.writer import RunWriter
 
 log = logging.getLogger("aqnet.train")
 
@@ -168,7 +151,7 @@ def run_training(
     heartbeat = start_heartbeat(ctx, tcfg["watchdog"])
     try:
         with usr1_flag() as usr1, name_lost_peer(heartbeat):
-            trainer = _Trainer(
+            parts = set_up_run(
                 cfg,
                 stage=stage,
                 ctx=ctx,
@@ -182,7 +165,7 @@ def run_training(
                 tick=heartbeat.tick if heartbeat is not None else None,
                 usr1=usr1,
             )
-            return trainer.run(stop_after_step=stop_after_step)
+            return _Trainer(parts).run(stop_after_step=stop_after_step)
     finally:
         if heartbeat is not None:
             heartbeat.stop()
@@ -190,183 +173,12 @@ def run_training(
 
 
 class _Trainer:
-    """One training run on one rank (see :func:`run_training`); its running state is
-    ``self.state``."""
+    """One training run on one rank (see :func:`run_training`), over the parts
+    :func:`aqnet.train.setup.set_up_run` built; its running state is ``self.p.state``."""
 
-    def __init__(
-        self,
-        cfg: Mapping[str, Any],
-        *,
-        stage: str,
-        ctx: DistContext,
-        cache_dir: Path,
-        out_dir: Path,
-        state_dir: Path,
-        init_checkpoint: Path | None,
-        resume: bool,
-        fresh: bool = False,
-        expected_step_time_s: float | None = None,
-        tick: Callable[[], None] | None = None,
-        usr1: threading.Event,
-    ) -> None:
-        from aqnet.data import load_stats
-        from aqnet.model import Forecaster, baseline_of, from_pipeline_config
-
-        self.cfg = cfg
-        self.stage = stage
-        self.ctx = ctx
-        self.device = ctx.device
-        self.tcfg = train_section(cfg, stage)
-        self.out_dir = out_dir
-        self.state_path = state_dir / STATE_FILE
-        watchdog = armed_watchdog(self.tcfg["watchdog"], expected_step_time_s)
-        if expected_step_time_s is not None and watchdog is None and self.ctx.is_main:
-            log.info("%s: step-time watchdog off (finetune.watchdog.max_slowdown: null)", stage)
-        self.lead_times = [int(h) for h in cfg["lead_times_h"]]
-        self.start_time = time.perf_counter()
-        if ctx.is_main:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            state_dir.mkdir(parents=True, exist_ok=True)
-
-        # -- data ---------------------------------------------------------------------------
-        data = open_training_data(cfg, stage, cache_dir, world_size=ctx.world_size)
-        self.train_ds = data.train
-        self.val_ds = data.val
-        self.plan = data.plan
-        self.n_val = data.n_val
-        self.steps_per_epoch = data.steps_per_epoch
-        self.guard = RunGuard(
-            ctx=ctx,
-            stage=stage,
-            state_path=self.state_path,
-            usr1=usr1,
-            tick=tick or (lambda: None),
-            watchdog=watchdog,
-            train_ds=self.train_ds,
-            steps_per_epoch=self.steps_per_epoch,
-            per_rank_step=self.plan.per_rank_step,
-            seed=int(self.tcfg["seed"]),
-        )
-
-        # -- model --------------------------------------------------------------------------
-        seed = int(self.tcfg["seed"])
-        seed_everything(seed)
-        mcfg = from_pipeline_config(cfg, stats=load_stats(cache_dir))
-        self.mcfg = baseline_of(mcfg) if stage == "baseline" else mcfg
-        self.model: nn.Module = Forecaster(self.mcfg)
-        self.alpha_params = alpha_parameters(self.model)
-        self.columns = metric_columns(
-            out_variables=POLLUTANTS,
-            lead_times_h=self.lead_times,
-            topoflow_blocks=sorted(self.alpha_params),
-        )
-
-        self.fingerprint = run_fingerprint(
-            stage=stage,
-            model_config=self.mcfg.to_dict(),
-            global_batch=self.plan.global_batch,
-            schedule_steps=self.plan.schedule_steps,
-            lead_times_h=self.lead_times,
-            train_samples=len(self.train_ds),
-            validation_samples=self.n_val,
-            tcfg=self.tcfg,
-        )
-        saved = None
-        if resume:  # the state to resume from, or None after archiving it for a fresh start
-            saved = start_state(
-                self.state_path,
-                stage=stage,
-                run_steps=self.plan.run_steps,
-                fresh=fresh,
-                fingerprint=self.fingerprint,
-                barrier=ctx.barrier,
-                is_main=ctx.is_main,
-            )
-        elif ctx.is_main and self.state_path.exists():
-            log.info("%s starts afresh: ignoring %s", stage, self.state_path)
-        init_report: dict[str, Any] | None = None
-        if saved is None and init_checkpoint is not None:
-            init_report = load_init_checkpoint(
-                cfg, self.model, init_checkpoint, is_main=ctx.is_main
-            )
-        self.model.to(self.device)
-
-        self.trainable, self.optimizer, self.scheduler = build_training_optimizer(
-            self.model,
-            self.tcfg,
-            topoflow_blocks=self.mcfg.topoflow_blocks,
-            schedule_steps=self.plan.schedule_steps,
-        )
-
-        # -- running state ------------------------------------------------------------------
-        self.state = RunState(init_report=init_report)
-        if saved is not None:
-            check_fingerprint(saved, self.fingerprint, state_path=self.state_path)
-            restore_training_state(
-                saved,
-                ctx=ctx,
-                model=self.model,
-                optimizer=self.optimizer,
-                scheduler=self.scheduler,
-            )
-            self.state = RunState.restored(saved)
-            if ctx.is_main:
-                log.info("resumed %s from %s at step %d", stage, self.state_path, self.state.step)
-
-        # -- wrappers and loaders -----------------------------------------------------------
-        self.net: nn.Module = self.model
-        if ctx.distributed:
-            self.net = nn.parallel.DistributedDataParallel(
-                self.model,
-                device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                # elevation_alpha takes no gradient when the elevation bias is switched off.
-                find_unused_parameters=bool(self.mcfg.topoflow_blocks)
-                and not self.mcfg.elevation_bias,
-                # The buffers (scan orders, H_scale) are constants: nothing to broadcast per step.
-                broadcast_buffers=False,
-            )
-        self.sampler, self.train_loader, self.val_loader = make_loaders(
-            data,
-            ctx=ctx,
-            seed=seed,
-            num_workers=int(self.tcfg["num_workers"]),
-            val_batch_size=int(cfg["validation"]["batch_size"]),
-        )
+    def __init__(self, parts: RunParts) -> None:
+        self.p = parts
         self._iter: Iterator[Any] | None = None
-        self.autocast = bool(self.tcfg["bf16"]) and self.device.type == "cuda"
-        self.progress = Progress(
-            total=self.plan.run_steps, enabled=ctx.is_main, every=int(self.tcfg["log_every"])
-        )
-        self.validation = ValidationTracker(
-            model=self.model,
-            loader=self.val_loader,
-            stage=stage,
-            lead_times_h=self.lead_times,
-            device=self.device,
-            all_reduce_sum=ctx.all_reduce_sum,
-            n_samples=self.n_val,
-            bf16=self.autocast,
-            diverged=self._diverged,
-        )
-        self.writer = RunWriter(
-            ctx=ctx,
-            stage=stage,
-            variant=cfg.get("variant", "default"),
-            tcfg=self.tcfg,
-            out_dir=out_dir,
-            state_path=self.state_path,
-            model=self.model,
-            optimizer=self.optimizer,
-            scheduler=self.scheduler,
-            mcfg=self.mcfg,
-            plan=self.plan,
-            steps_per_epoch=self.steps_per_epoch,
-            lead_times_h=self.lead_times,
-            columns=self.columns,
-            train_ds=self.train_ds,
-            n_val=self.n_val,
-            fingerprint=self.fingerprint,
-        )
 
     # ------------------------------------------------------------------------------------
     # Steps
@@ -374,132 +186,132 @@ class _Trainer:
 
     def _batches(self) -> Iterator[Any]:
         """The next micro-batch; a new iterator at each epoch start (or after a resume)."""
+        p = self.p
         if self._iter is None:
-            epoch, pos = divmod(self.state.step, self.steps_per_epoch)
-            self.sampler.set_position(epoch=epoch, start=pos * self.plan.per_rank_step)
-            self._iter = iter(self.train_loader)
+            epoch, pos = divmod(p.state.step, p.steps_per_epoch)
+            p.sampler.set_position(epoch=epoch, start=pos * p.plan.per_rank_step)
+            self._iter = iter(p.train_loader)
         return self._iter
 
     def _train_step(self) -> dict[str, Any]:
-        step = self.state.step + 1
+        p = self.p
+        step = p.state.step + 1
         result = train_step(
-            self.net,
-            self.model,
+            p.net,
+            p.model,
             next_batch=lambda: next(self._batches()),
-            ctx=self.ctx,
-            stage=self.stage,
-            grad_accum=self.plan.grad_accum,
-            optimizer=self.optimizer,
-            scheduler=self.scheduler,
-            trainable=self.trainable,
-            grad_clip=float(self.tcfg["grad_clip"]),
-            bf16=self.autocast,
-            requeue_requested=self.guard.usr1.is_set,
-            slow=self.guard.slow,
-            diverged=lambda what, value: self._diverged(what, value, step),
+            ctx=p.ctx,
+            stage=p.stage,
+            grad_accum=p.plan.grad_accum,
+            optimizer=p.optimizer,
+            scheduler=p.scheduler,
+            trainable=p.trainable,
+            grad_clip=float(p.tcfg["grad_clip"]),
+            bf16=p.bf16,
+            requeue_requested=p.guard.usr1.is_set,
+            slow=p.guard.slow,
+            diverged=lambda what, value: p.guard.diverged(
+                what, value, step, last_checkpoint_step=p.state.last_checkpoint_step
+            ),
         )
-        self.state.step = step
-        if self.state.step % self.steps_per_epoch == 0:
+        p.state.step = step
+        if p.state.step % p.steps_per_epoch == 0:
             self._iter = None  # next epoch
         return {
-            "step": self.state.step,
-            "epoch": self.state.step / self.steps_per_epoch,
+            "step": p.state.step,
+            "epoch": p.state.step / p.steps_per_epoch,
             "train_loss": result.train_loss,
             **result.lrs,
-            **self._alphas(),
+            **alpha_values(p.alpha_params),
             "grad_norm": result.grad_norm,
-            "samples_per_s": self.plan.global_batch / result.step_time_s,
+            "samples_per_s": p.plan.global_batch / result.step_time_s,
             "step_time_s": result.step_time_s,
             "requeue": result.requeue,
             "slow": result.slow,
         }
 
-    def _diverged(self, what: str, value: float, step: int) -> str:
-        last = self.state.last_checkpoint_step
-        return self.guard.diverged(what, value, step, last_checkpoint_step=last)
-
-    def _alphas(self) -> dict[str, float]:
-        return alpha_values(self.alpha_params)
-
     def _record_validation(self, row: dict[str, Any]) -> None:
-        self.validation.record(row, self.state, after_batch=self.guard.after_batch)
+        self.p.validation.record(row, self.p.state, after_batch=self.p.guard.after_batch)
 
     def _save_state(self) -> None:
         """Rank 0 writes ``last.pt``; a failed write stops every rank with rank 0's message."""
+        p = self.p
         save_training_state(
-            self.ctx,
-            lambda rng: self.writer.write_state(self.state, rng),
-            stage=self.stage,
-            step=self.state.step,
-            state_path=self.state_path,
-            last_checkpoint_step=self.state.last_checkpoint_step,
+            p.ctx,
+            lambda rng: p.writer.write_state(p.state, rng),
+            stage=p.stage,
+            step=p.state.step,
+            state_path=p.state_path,
+            last_checkpoint_step=p.state.last_checkpoint_step,
         )
-        self.state.last_checkpoint_step = self.state.step
+        p.state.last_checkpoint_step = p.state.step
 
     # ------------------------------------------------------------------------------------
     # The run
     # ------------------------------------------------------------------------------------
 
     def run(self, *, stop_after_step: int | None = None) -> dict[str, Any]:
-        run_steps = self.plan.run_steps
-        if self.ctx.is_main:
+        p = self.p
+        state = p.state
+        run_steps = p.plan.run_steps
+        if p.ctx.is_main:
             log.info(
                 "%s: %d steps (from %d), global batch %d = %d ranks x %d x %d accumulation, "
                 "%d steps per epoch, validation on %d samples, device %s",
-                self.stage,
+                p.stage,
                 run_steps,
-                self.state.step,
-                self.plan.global_batch,
-                self.ctx.world_size,
-                self.plan.micro_batch,
-                self.plan.grad_accum,
-                self.steps_per_epoch,
-                self.n_val,
-                self.device,
+                state.step,
+                p.plan.global_batch,
+                p.ctx.world_size,
+                p.plan.micro_batch,
+                p.plan.grad_accum,
+                p.steps_per_epoch,
+                p.n_val,
+                p.ctx.device,
             )
-        if self.state.step > run_steps:
+        if state.step > run_steps:
             raise ResumeError(
-                f"resume state {self.state_path} is at step {self.state.step}, beyond this run's "
+                f"resume state {p.state_path} is at step {state.step}, beyond this run's "
                 f"{run_steps} steps; start afresh with {FRESH_ENV}=1 (the state is kept under a "
                 "dated name)"
             )
-        if not self.state.rows:
+        if not state.rows:
             row: dict[str, Any] = {"step": 0, "epoch": 0.0}
-            row.update(self._alphas())
+            row.update(alpha_values(p.alpha_params))
             self._record_validation(row)
-            self.state.rows.append(row)
-            self.writer.write_metrics(self.state)
-            self.progress.update(row)
+            state.rows.append(row)
+            p.writer.write_metrics(state)
+            p.progress.update(row)
         stopped = None
-        val_every = int(self.tcfg["val_every"])
-        ckpt_every = int(self.tcfg["checkpoint_every"])
-        while self.state.step < run_steps:
+        val_every = int(p.tcfg["val_every"])
+        ckpt_every = int(p.tcfg["checkpoint_every"])
+        while state.step < run_steps:
             row = self._train_step()
             requeue = row.pop("requeue")
             slow = row.pop("slow")
-            self.guard.watch(row["step_time_s"])
-            last = self.state.step == run_steps
-            if self.state.step % val_every == 0 or last:
+            p.guard.watch(row["step_time_s"])
+            last = state.step == run_steps
+            if state.step % val_every == 0 or last:
                 self._record_validation(row)
-            self.state.rows.append(row)
-            self.progress.update(row)
-            if self.state.step % ckpt_every == 0 or last or requeue or slow:
+            state.rows.append(row)
+            p.progress.update(row)
+            if state.step % ckpt_every == 0 or last or requeue or slow:
                 self._save_state()
             elif row.get("val_loss") is not None:
-                self.writer.write_metrics(self.state)
+                p.writer.write_metrics(state)
             if requeue and not last:
-                raise self.guard.requeue(self.state.step)
+                raise p.guard.requeue(state.step)
             if slow and not last:
-                raise self.guard.too_slow(self.state.step)
-            if stop_after_step is not None and self.state.step >= stop_after_step and not last:
-                stopped = self.state.step
+                raise p.guard.too_slow(state.step)
+            if stop_after_step is not None and state.step >= stop_after_step and not last:
+                stopped = state.step
                 break
-        completed = self.state.step >= run_steps
-        return self.writer.result(
-            self.state,
+        completed = state.step >= run_steps
+        return p.writer.result(
+            state,
             run_steps=run_steps,
             completed=completed,
             stopped_after_step=stopped,
-            outputs=self.writer.finish(self.state) if completed else {},
-            wall_time_s=time.perf_counter() - self.start_time,
+            outputs=p.writer.finish(state) if completed else {},
+            wall_time_s=time.perf_counter() - p.start_time,
         )
