@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +14,6 @@ from aqnet.plan import (
     SHARED_SCOPES,
     Plan,
     PlanError,
-    launcher,
-    profiles_with_lumi,
-    put_first_on_path,
-    world_size,
 )
 from aqnet.provenance import config_digest, gate_digest
 
@@ -131,39 +126,6 @@ def test_the_run_config_leaves_out_seeds_budget_and_report(
     assert _plan(steps).state_dir("finetune", "default") != plan.state_dir("finetune", "default")
 
 
-def test_the_launcher_and_world_size_from_the_resources() -> None:
-    assert launcher(2, {}) == "" and world_size({}) == 1
-    lumi = {"mpi": "srun --label", "nodes": 50, "tasks_per_node": 8, "cpus_per_task": 7}
-    prefix = launcher(2, {**lumi, "rank_wrapper": "profiles/lumi/rank.sh --container x.sif --"})
-    assert prefix == (
-        "srun --label --nodes=50 --ntasks-per-node=8 --cpus-per-task=7 --kill-on-bad-exit=1 "
-        "profiles/lumi/rank.sh --container x.sif -- "
-    )
-    assert world_size(lumi) == 400
-    assert launcher(3, {"mpi": "srun"}).startswith("srun --nodes=1 --ntasks-per-node=1 ")
-    assert "--cpus-per-task=3" in launcher(3, {"mpi": "srun"})
-
-
-@pytest.mark.parametrize(
-    ("argv", "env", "refused"),
-    [
-        (["--profile", "profiles/lumi"], {}, False),
-        (["--profile=profiles/lumi", "-n"], {"SNAKEMAKE_PROFILE": "x"}, False),
-        (["--profile", "profiles/lumi", "--profile", "mine"], {}, True),
-        (["--profile", "profiles/lumi", "--workflow-profile", "profiles/local"], {}, True),
-        (["--profile", "profiles/lumi", "--workflow-profile", "none"], {}, False),
-        (["--workflow-profile", "profiles/lumi"], {"SNAKEMAKE_PROFILE": "profiles/local"}, True),
-        (["--profile", "a", "--profile", "b"], {}, False),  # not LUMI: not ours to refuse
-    ],
-)
-def test_the_lumi_profile_alone(argv: list[str], env: dict[str, str], refused: bool) -> None:
-    why = profiles_with_lumi(argv, env)
-    assert (why is not None) == refused, why
-    if refused:
-        assert "the LUMI profile is combined with 1 other profile(s)" in why
-        assert "snakemake --profile profiles/lumi" in why
-
-
 def test_gpu_nodes_in_flight_must_fit_one_fine_tune(demo: dict[str, Any]) -> None:
     demo["launch"]["nodes"] = 4
     plan = _plan(demo)
@@ -205,10 +167,3 @@ def test_the_projection_quotes_only_a_measurement_of_this_config(demo: dict[str,
     assert cost["source"] == "estimate" and "made under config 0000000000000000" in cost["note"]
     with pytest.raises(PlanError, match="no fine-tune projection for variant nope"):
         plan.finetune_minutes("nope")
-
-
-def test_put_first_on_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("PATH", "/usr/bin")
-    put_first_on_path(tmp_path)
-    put_first_on_path(tmp_path)
-    assert os.environ["PATH"] == f"{tmp_path}{os.pathsep}/usr/bin"

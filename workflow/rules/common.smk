@@ -16,6 +16,7 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import update_config
 
+from aqnet import launcher as _launcher
 from aqnet import plan as _plan
 from aqnet.config import ConfigError, coerce_overrides, validate_config
 from aqnet.config import with_control_arm, with_seeds
@@ -41,10 +42,10 @@ except ConfigError as exc:
 update_config(config, CFG)
 
 if workflow.is_main_process:  # only the main process reads profiles
-    if (_why := _plan.profiles_with_lumi(sys.argv[1:], os.environ)) is not None:
+    if (_why := _launcher.profiles_with_lumi(sys.argv[1:], os.environ)) is not None:
         raise WorkflowError(f"aqnet: {_why}")
 # `aqnet` of this installation in every process, the job's own Snakemake on a cluster included
-_plan.put_first_on_path(Path(sys.executable).parent)
+_launcher.put_first_on_path(Path(sys.executable).parent)
 
 PLAN = _plan.Plan(CFG)
 VARIANTS = PLAN.variants
@@ -141,13 +142,13 @@ def record_slurm_job(stage: str):
 
 
 def launcher(wildcards, threads, resources) -> str:
-    """A params function: the command prefix of every stage (aqnet.plan.launcher)."""
-    return _plan.launcher(threads, resources)
+    """A params function: the command prefix of every stage (aqnet.launcher.launcher)."""
+    return _launcher.launcher(threads, resources)
 
 
 def world_size(wildcards, resources) -> int:
-    """A params function: the ranks the launcher starts (aqnet.plan.world_size)."""
-    return _plan.world_size(resources)
+    """A params function: the ranks the launcher starts (aqnet.launcher.world_size)."""
+    return _launcher.world_size(resources)
 
 
 def finetune_runtime(wildcards) -> int:
