@@ -72,6 +72,7 @@ from aqnet.report.inputs import (
     projected_gpu_hours,
     read_json_report,
 )
+from aqnet.report.regions import gain_by_elevation, gain_by_region, gain_by_terrain
 from aqnet.report.seeds import pool_runs, run_means, seed_test
 from aqnet.report.significance import significance_map
 from aqnet.report.usage import usage_rows
@@ -307,9 +308,9 @@ def build_report(
     tag = f"variant {primary}"
 
     rmse = analysis.rmse_table(ev)
-    bands = analysis.gain_by_elevation(ev, elevation_m)
-    regions, gain_grid = analysis.gain_by_region(ev, elevation_m, region_cells=region_cells)
-    terrain = analysis.gain_by_terrain(regions)
+    bands = gain_by_elevation(ev, elevation_m)
+    regions, gain_grid = gain_by_region(ev, elevation_m, region_cells=region_cells)
+    terrain = gain_by_terrain(regions)
     base_map, ft_map = analysis.mse_maps(ev)
     wind_order = read_json_report(Path(gates_dir) / WIND_ORDER_FILE) if gates_dir else None
     gates = gate_rows(wind_order, variants)
