@@ -306,18 +306,3 @@ def test_breakdown_by_lead_and_pollutant_with_holm():
     assert regions["significant"].tolist() == [False, False, False, True]
     assert (regions.ci_low <= regions.mean_diff).all()
     assert (regions.mean_diff <= regions.ci_high).all()
-
-
-def test_named_regions_from_terrain_classes():
-    from aqnet.report.analysis import REGION_NAMES, named_region_codes
-
-    # 3 x 4 tiles of 2 x 2 cells at 400 m: a rugged tile, a high flat one, a hollow
-    elev = np.full((6, 8), 400.0)
-    elev[0:2, 0:2] = [[200.0, 1400.0], [300.0, 1500.0]]  # mountain: relief
-    elev[0:2, 6:8] = 1200.0  # plateau: high and flat
-    elev[4:6, 2:4] = 0.0  # basin: lower than its neighbours
-    names = np.array(REGION_NAMES)[named_region_codes(elev, [2, 2])][::2, ::2]  # per tile
-    assert (names[0, 0], names[0, 3], names[2, 1]) == ("mountain", "plateau", "basin")
-    assert names[1, 1] == names[2, 3] == "plain"
-    with pytest.raises(ValueError, match="does not tile the 6x8 grid"):
-        named_region_codes(elev, [4, 4])

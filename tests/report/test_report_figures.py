@@ -22,6 +22,7 @@ from aqnet.report.inputs import (
     parse_variant_dirs,
     read_metrics_table,
 )
+from aqnet.report.regions import gain_by_elevation, gain_by_region, gain_by_terrain
 
 STD = np.array([10.0, 20.0, 5.0, 8.0, 0.1, 15.0])
 UNITS = ["ug m-3"] * 4 + ["mg m-3", "ug m-3"]
@@ -100,32 +101,6 @@ def test_rmse_table_is_physical_units(static):
     ratio = row.rmse_finetuned / row.rmse_baseline
     assert row.change_pct == pytest.approx(100 * (ratio - 1))
     assert (table.change_pct < 0).all()
-
-
-def test_gain_by_elevation_finds_the_high_terrain(static):
-    ev = constructed_evaluation(static, high_gain=0.2)
-    bands = analysis.gain_by_elevation(ev, static["elevation_m"], n_bands=4)
-    assert list(bands.columns[:4]) == ["band", "elev_low_m", "elev_high_m", "n_cells"]
-    assert bands.gain_pct.iloc[0] == pytest.approx(0.0, abs=1e-9)  # lowest band: no change
-    assert bands.gain_pct.iloc[-1] == pytest.approx(20.0)  # highest band: 20 % less error
-    assert bands.n_cells.sum() == int(np.asarray(static["mask"]).sum())
-    with pytest.raises(ValueError, match="not on one grid"):
-        analysis.gain_by_elevation(ev, static["elevation_m"][:-1])
-
-
-def test_gain_by_region_and_terrain(static):
-    ev = constructed_evaluation(static)
-    regions, grid = analysis.gain_by_region(ev, static["elevation_m"], region_cells=(4, 8))
-    assert grid.shape == (4, 4)  # 16 x 32 cells in regions of 4 x 8
-    assert regions.gain_pct.is_monotonic_decreasing
-    assert set(regions.terrain) <= {"basin", "mountain", "plain"}
-    best = regions.iloc[0]
-    assert best.gain_pct == pytest.approx(grid[int(best.row), int(best.col)])
-    assert 0 < best.gain_pct <= 20.0 + 1e-9
-    terrain = analysis.gain_by_terrain(regions)
-    assert terrain.regions.sum() == len(regions)
-    with pytest.raises(ValueError, match="does not tile"):
-        analysis.gain_by_region(ev, static["elevation_m"], region_cells=(5, 8))
 
 
 def test_paired_samples_and_comparisons(static):
@@ -228,7 +203,7 @@ def test_make_figures_writes_every_figure(tmp_path, static, monkeypatch):
             }
         )
     comparison = pd.DataFrame(rows)
-    regions, grid = analysis.gain_by_region(ev, static["elevation_m"], region_cells=(4, 8))
+    regions, grid = gain_by_region(ev, static["elevation_m"], region_cells=(4, 8))
     base_map, ft_map = analysis.mse_maps(ev)
     data = figures.FigureData(
         metrics=metrics,
@@ -241,8 +216,8 @@ def test_make_figures_writes_every_figure(tmp_path, static, monkeypatch):
         lat=ev["lat"].values,
         lon=ev["lon"].values,
         elevation_m=static["elevation_m"],
-        bands=analysis.gain_by_elevation(ev, static["elevation_m"]),
-        terrain=analysis.gain_by_terrain(regions),
+        bands=gain_by_elevation(ev, static["elevation_m"]),
+        terrain=gain_by_terrain(regions),
         gain_grid=grid,
         region_cells=(4, 8),
         gates=gate_rows(None, {}),

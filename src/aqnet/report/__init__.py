@@ -3,9 +3,11 @@ figures and the report (see docs/ARCHITECTURE.md).
 
 Modules: :mod:`~aqnet.report.evaluate` (``evaluate`` -> ``evaluation.nc``),
 :mod:`~aqnet.report.stats` (block bootstrap, Wilcoxon on block means, ``verdict``),
-:mod:`~aqnet.report.analysis` (tables from evaluation files), :mod:`~aqnet.report.figures`
+:mod:`~aqnet.report.analysis` (tables from evaluation files), :mod:`~aqnet.report.regions`
+(the gains by elevation band, region and terrain class), :mod:`~aqnet.report.figures`
 (``make_figures`` and one function per figure), :mod:`~aqnet.report.inputs` (what the report
-reads), :mod:`~aqnet.report.build` (``build_report``), :mod:`~aqnet.report.cli`.
+reads), :mod:`~aqnet.report.build` (``build_report``), :mod:`~aqnet.report.comparison` (the
+variants compared), :mod:`~aqnet.report.cli`.
 
 The names below are imported lazily, so ``import aqnet.report`` does not import torch or
 matplotlib until one of them is used.

@@ -1,5 +1,5 @@
 """The verdict's comparison broken down by lead time, by pollutant and by named region (basin,
-plateau, plain, mountain: :func:`aqnet.report.analysis.named_region_codes`), each a calibrated
+plateau, plain, mountain: :func:`aqnet.report.regions.named_region_codes`), each a calibrated
 paired test with its confidence interval, Holm-adjusted within its family (the lead times; the
 pollutants; the regions), with the RMSE in physical units beside the published figure.
 

@@ -35,7 +35,9 @@ is chosen on the validation year (lowest final val_loss of the fine-tune's monit
 the samples it is then judged on.
 
 The pages (``summary.md``, ``summary.html``, ``rmse_table.html``) are rendered by
-:mod:`aqnet.report.page`; this module assembles what they show.
+:mod:`aqnet.report.page`; this module assembles what they show. The comparison across the
+variants (the checks of the arms, ``variants.csv``, the best variant) is
+:mod:`aqnet.report.comparison`.
 
 The baseline's recorded val_loss (for the training figure) is, in this order:
 ``baseline.val_loss`` of the config, the value recorded in the baseline checkpoint (stored in
@@ -59,19 +61,18 @@ import pandas as pd
 from aqnet.atomic import atomic_write_bytes
 from aqnet.config import seed_groups
 from aqnet.report import analysis, figures, page
-from aqnet.report.attribution import AttributedVerdict, judge_variants
+from aqnet.report.attribution import judge_variants
 from aqnet.report.breakdown import breakdown_tests
-from aqnet.report.calibrated import CalibratedTest
+from aqnet.report.comparison import best_variant, check_arms, comparison_table, rmse_change
 from aqnet.report.inputs import (
     WIND_ORDER_FILE,
     VariantResults,
     alpha_columns,
     gate_rows,
     load_variant,
-    measured_gpu_hours,
-    projected_gpu_hours,
     read_json_report,
 )
+from aqnet.report.regions import gain_by_elevation, gain_by_region, gain_by_terrain
 from aqnet.report.seeds import pool_runs, run_means, seed_test
 from aqnet.report.significance import significance_map
 from aqnet.report.usage import usage_rows
@@ -146,64 +147,6 @@ def baseline_val_loss(cfg: Mapping[str, Any], primary: VariantResults) -> tuple[
     )
 
 
-def _rmse_change(variants: Mapping[str, VariantResults]) -> pd.DataFrame:
-    """RMSE change (%) vs the baseline per variant (rows) and pollutant (columns), all leads."""
-    rows = {}
-    for name, v in variants.items():
-        t = analysis.rmse_table(v.evaluation)
-        t = t[t["lead_time_h"] == "all"]
-        rows[name] = dict(zip(t["pollutant"], t["change_pct"], strict=True))
-    return pd.DataFrame.from_dict(rows, orient="index")
-
-
-def _comparison(
-    variants: Mapping[str, VariantResults],
-    verdicts: Mapping[str, AttributedVerdict],
-    vs_baseline: Mapping[str, CalibratedTest],
-    report_cfg: Mapping[str, Any],
-    launch: Mapping[str, Any],
-) -> pd.DataFrame:
-    rows = []
-    for name, v in variants.items():
-        _, ft, times = analysis.paired_samples(v.evaluation)
-        mean, low, high = analysis.loss_ci(ft, times, report_cfg)
-        test = verdicts[name].vs_baseline if name in verdicts else vs_baseline[name]
-        ctrl = verdicts[name].vs_control if name in verdicts else None
-        rows.append(
-            {
-                "variant": name,
-                **{k: str(val) for k, val in v.settings().items()},
-                "final_val_loss": v.final_val_loss,
-                "final_step": v.final_step,
-                "eval_loss": mean,
-                "eval_loss_ci_low": low,
-                "eval_loss_ci_high": high,
-                "diff_vs_baseline": test.mean_diff,
-                "diff_ci_low": test.ci_low,
-                "diff_ci_high": test.ci_high,
-                "p_value": test.p_value,
-                "p_holm": _nan(test.p_adjusted),
-                "diff_vs_control": _nan(None if ctrl is None else ctrl.mean_diff),
-                "control_ci_low": _nan(None if ctrl is None else ctrl.ci_low),
-                "control_ci_high": _nan(None if ctrl is None else ctrl.ci_high),
-                "p_vs_control": _nan(None if ctrl is None else ctrl.p_value),
-                "p_vs_control_holm": _nan(None if ctrl is None else ctrl.p_adjusted),
-                "n_samples": test.n_samples,
-                "n_blocks": test.n_blocks,
-                "block_days": test.block_days,
-                "verdict": verdicts[name].verdict if name in verdicts else "CONTROL",
-                **{f"alpha_block{b}": a for b, a in v.final_alphas().items()},
-                "gpu_hours": _nan(measured_gpu_hours(v, launch)),
-                "projected_gpu_hours": _nan(projected_gpu_hours(v)),
-            }
-        )
-    return pd.DataFrame(rows)
-
-
-def _nan(value: float | None) -> float:
-    return math.nan if value is None else float(value)
-
-
 def build_report(
     cfg: Mapping[str, Any],
     *,
@@ -248,7 +191,7 @@ def build_report(
         raise ValueError(f"report: primary variant {primary!r} is not among {list(variants)}")
     main = variants[primary]
     control = rcfg.get("control")
-    _check_arms(variants, rcfg, primary=primary, control=control)
+    check_arms(variants, rcfg, primary=primary, control=control)
 
     base_val, base_source = baseline_val_loss(cfg, main)
     threshold: float | None = None
@@ -296,8 +239,8 @@ def build_report(
         **against,
         grid_shape=(main.evaluation.sizes["y"], main.evaluation.sizes["x"]),
     )
-    comparison = _comparison(variants, verdicts, vs_baseline, rcfg, cfg["launch"])
-    best = _best_variant(variants, verdicts, control=control)
+    comparison = comparison_table(variants, verdicts, vs_baseline, rcfg, cfg["launch"])
+    best = best_variant(variants, verdicts, control=control)
 
     static = load_static(cache_dir)
     elevation_m = np.asarray(static["elevation_m"], dtype=np.float64)
@@ -307,9 +250,9 @@ def build_report(
     tag = f"variant {primary}"
 
     rmse = analysis.rmse_table(ev)
-    bands = analysis.gain_by_elevation(ev, elevation_m)
-    regions, gain_grid = analysis.gain_by_region(ev, elevation_m, region_cells=region_cells)
-    terrain = analysis.gain_by_terrain(regions)
+    bands = gain_by_elevation(ev, elevation_m)
+    regions, gain_grid = gain_by_region(ev, elevation_m, region_cells=region_cells)
+    terrain = gain_by_terrain(regions)
     base_map, ft_map = analysis.mse_maps(ev)
     wind_order = read_json_report(Path(gates_dir) / WIND_ORDER_FILE) if gates_dir else None
     gates = gate_rows(wind_order, variants)
@@ -343,7 +286,7 @@ def build_report(
             gates=gates,
             costs=costs,
             comparison=comparison,
-            rmse_change=_rmse_change(variants),
+            rmse_change=rmse_change(variants),
             alphas={n: v.final_alphas() for n, v in variants.items()},
             baseline_eval_loss=float(np.mean(analysis.paired_samples(ev)[0])),
             tag=tag,
@@ -415,47 +358,3 @@ def build_report(
     atomic_write_bytes(paths["summary_html"], page.summary_html(blocks, out_dir).encode())
     write_json(paths["verdict"], result)
     return result
-
-
-def _check_arms(
-    variants: Mapping[str, VariantResults],
-    rcfg: Mapping[str, Any],
-    *,
-    primary: str,
-    control: str | None,
-) -> None:
-    """Raise ``ValueError`` when the control is missing or is the primary, or when an evaluation
-    is not of ``report.split``."""
-    if control is not None and control not in variants:
-        raise ValueError(
-            f"report: report.control is {control!r}, but the variants given are "
-            f"{list(variants)}: add the control to `variants` or set report.control: null"
-        )
-    if control is not None and primary == control:
-        raise ValueError(f"report: the primary variant {primary!r} is the control arm")
-    for name, v in variants.items():
-        split = v.evaluation.attrs.get("split")
-        if split != rcfg["split"]:
-            raise ValueError(
-                f"report: {v.files['evaluation']} (variant {name}) evaluates split {split!r}, "
-                f"but report.split is {rcfg['split']!r}: re-run evaluate"
-            )
-
-
-def _best_variant(
-    variants: Mapping[str, VariantResults],
-    verdicts: Mapping[str, AttributedVerdict],
-    *,
-    control: str | None,
-) -> dict[str, Any]:
-    """The variant chosen on the validation year (lowest final val_loss of the fine-tune's
-    monitoring, the control left out) and its verdict on the evaluated split."""
-    candidates = [n for n in variants if n != control and n in verdicts]
-    name = min(candidates, key=lambda n: variants[n].final_val_loss)
-    return {
-        "name": name,
-        "final_val_loss": variants[name].final_val_loss,
-        "criterion": "lowest final val_loss of the fine-tune on the validation year",
-        "verdict": verdicts[name].verdict,
-        "line": verdicts[name].line,
-    }

@@ -30,8 +30,9 @@ from torch import nn
 from aqnet.config import POLLUTANTS
 from aqnet.data.dataset import batch_to_device
 from aqnet.device import resolve_device
-from aqnet.report.analysis import BASELINE, FINETUNED, MODELS, REGION_NAMES, named_region_codes
+from aqnet.report.analysis import BASELINE, FINETUNED, MODELS
 from aqnet.report.evaluation_file import evaluation_dataset, write_evaluation
+from aqnet.report.regions import REGION_NAMES, named_region_codes
 
 log = logging.getLogger("aqnet.report")
 

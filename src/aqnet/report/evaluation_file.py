@@ -49,7 +49,8 @@ import xarray as xr
 
 from aqnet.atomic import atomic_save
 from aqnet.config import POLLUTANTS
-from aqnet.report.analysis import MODELS, REGION_NAMES
+from aqnet.report.analysis import MODELS
+from aqnet.report.regions import REGION_NAMES
 
 __all__ = ["evaluation_dataset", "open_evaluation", "write_evaluation"]
 
@@ -86,7 +87,7 @@ def evaluation_dataset(
         region_cells: ``(rows, cols)`` grid cells of one wind-scan region (gain by region).
         attrs: further attributes (variant, split, checkpoints, ...).
         region_mse: ``(2, S, L, R)`` masked MSE over the cells of each named region
-            (:data:`aqnet.report.analysis.REGION_NAMES`), averaged over pollutants; optional.
+            (:data:`aqnet.report.regions.REGION_NAMES`), averaged over pollutants; optional.
         tile_mse: ``(2, S, L, T)`` masked MSE over each wind-scan tile of ``region_cells``
             grid cells (row-major, ``T = (H / rows) * (W / cols)``), averaged over pollutants;
             optional.

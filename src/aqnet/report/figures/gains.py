@@ -27,8 +27,8 @@ def plot_gain_by_elevation(
     """Gain (%) by elevation band, and by terrain class of the regions.
 
     Args:
-        bands: :func:`aqnet.report.analysis.gain_by_elevation`.
-        terrain: :func:`aqnet.report.analysis.gain_by_terrain`.
+        bands: :func:`aqnet.report.regions.gain_by_elevation`.
+        terrain: :func:`aqnet.report.regions.gain_by_terrain`.
         out: the PNG to write.
     """
     fig = Figure(figsize=(11, 4))
