@@ -4,7 +4,8 @@ Dataset/DataLoader that reads it (see docs/ARCHITECTURE.md).
 Modules: :mod:`~aqnet.data.demo` (the demo generator and its transport model),
 :mod:`~aqnet.data.io` (open yearly files), :mod:`~aqnet.data.validate` (validate them),
 :mod:`~aqnet.data.regrid` (interpolation onto the target grid), :mod:`~aqnet.data.cache`
-(``build_cache``), :mod:`~aqnet.data.layout` (the cache's files and their readers),
+(``build_cache``), :mod:`~aqnet.data.cache_write` (the writers of the cache's files),
+:mod:`~aqnet.data.layout` (the cache's files and their readers),
 :mod:`~aqnet.data.dataset` (``CacheDataset``, ``make_loader``, and the one validation subset of
 every validation pass: ``validation_indices``, ``make_validation_loader``), :mod:`~aqnet.data.cli`
 (the ``make-demo-data`` and ``build-cache`` commands).
