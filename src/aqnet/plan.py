@@ -24,11 +24,16 @@ from typing import Any
 
 from aqnet.config import validate_config, variant_config
 from aqnet.provenance import config_digest, run_config
-from aqnet.train.cost import ignored_measurement, measured_from_report, run_projection
+from aqnet.train.cost import (
+    SHARED_VARIANT,
+    ignored_measurement,
+    measured_from_report,
+    run_projection,
+)
 from aqnet.train.length import estimated_start_times, start_times_in_cache
 
-SHARED = "shared"
-"""Pseudo-variant name of the resolved config the shared stages read."""
+SHARED = SHARED_VARIANT
+"""Pseudo-variant name of the resolved config the shared stages read (and of their cost)."""
 
 SHARED_SCOPES: dict[str, tuple[str, ...]] = {
     # make_demo_data, build_cache (the wind orders need the patch and region sizes)

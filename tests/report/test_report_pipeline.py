@@ -319,7 +319,8 @@ def test_report_builds_every_file(report_run):
     assert [g["status"] for g in result["gates"]] == ["PASS"] * 7
     # GPU-hours per GPU stage: projected beside used (450 s on 1 node x 4 GPU-h per node-hour)
     usage = {(r["stage"], r["variant"]): r for r in result["gpu_hours_by_stage"]}
-    assert len(usage) == 4
+    assert len(usage) == 5 and list(usage)[0] == ("check_network", "shared")
+    assert usage[("check_network", "shared")]["nodes"] == 2
     ft = usage[("finetune", "default")]
     assert ft["projected_gpu_hours"] == 0.5 and ft["used_gpu_hours"] == pytest.approx(0.5)
     assert ft["used_from"] == "benchmark file"

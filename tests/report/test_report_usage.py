@@ -61,12 +61,14 @@ def test_sacct_counts_every_allocation_of_a_requeued_job(
 def test_usage_rows_put_the_projection_beside_the_use(tmp_path: Path) -> None:
     bench = tmp_path / "benchmarks"
     _benchmark(bench / "validate_short/default.tsv", 36.0)
+    _benchmark(bench / "check_network/shared.tsv", 90.0)
     budget = tmp_path / "check_budget.json"
     budget.write_text(
         json.dumps(
             {
                 "projection": {
                     "stages": [
+                        {"stage": "check_network", "variant": "shared", "gpu_hours": 2.0},
                         {"stage": "validate_short", "variant": "default", "gpu_hours": 0.05},
                         {"stage": "finetune", "variant": "default", "gpu_hours": 12.5},
                     ]
@@ -75,8 +77,14 @@ def test_usage_rows_put_the_projection_beside_the_use(tmp_path: Path) -> None:
         )
     )
     rows = usage_rows(LAUNCH, ["default"], benchmarks_dir=bench, budget_report=budget)
-    assert [(r["stage"], r["nodes"]) for r in rows] == [("validate_short", 1), ("finetune", 50)]
-    short, full = rows
+    assert [(r["stage"], r["variant"], r["nodes"]) for r in rows] == [
+        ("check_network", "shared", 2),
+        ("validate_short", "default", 1),
+        ("finetune", "default", 50),
+    ]
+    network, short, full = rows
+    assert network["projected_gpu_hours"] == 2.0
+    assert network["used_gpu_hours"] == pytest.approx(90 / 3600 * 2 * 4)  # 2 nodes held
     assert short["projected_gpu_hours"] == 0.05
     assert short["used_gpu_hours"] == pytest.approx(36 / 3600 * 1 * 4)
     assert full["projected_gpu_hours"] == 12.5

@@ -141,6 +141,7 @@ def test_projection_lists_every_gpu_stage_and_refuses_over_budget(lumi_cfg) -> N
     )
     stages = [(s["stage"], s["variant"]) for s in proj["stages"]]
     assert stages == [
+        ("check_network", "shared"),
         ("validate_short", "default"),
         ("finetune", "default"),
         ("validate_short", "no_elevation_bias"),
@@ -148,11 +149,15 @@ def test_projection_lists_every_gpu_stage_and_refuses_over_budget(lumi_cfg) -> N
     ]
     short = 10 * 2.0 / 3600 * 1 * 4  # 10 steps x 2 s on one node
     full = 88 / 3600 * 50 * 4
-    assert proj["total_gpu_hours"] == pytest.approx(2 * (short + full))
+    network = 2 * 15 / 60 * 4  # its whole request: 2 nodes x 15 min
+    assert proj["stages"][0]["gpu_hours"] == pytest.approx(network)
+    assert proj["total_gpu_hours"] == pytest.approx(network + 2 * (short + full))
     assert proj["over_budget"]
     lines = format_projection(proj)
-    assert len(lines) == 5 and "1.01 epoch(s), 35200 samples seen" in lines[1]
-    assert "wall time requested 23 min" in lines[1]
+    assert len(lines) == 6 and "1.01 epoch(s), 35200 samples seen" in lines[2]
+    assert "wall time requested 23 min" in lines[2]
+    assert lines[0].startswith("check_network   shared") and "2.00 GPU-h" in lines[0]
+    assert "2 node(s) x 15 min requested (an upper bound" in lines[0]
     assert "budget of 5 GPU-h" in lines[-1]
     with pytest.raises(BudgetExceeded) as err:
         check_budget(proj)
@@ -180,19 +185,20 @@ def test_budget_gate_uses_the_measured_step_times(lumi_cfg) -> None:
     reports = {"default": {**fast, "world_size": 8}}
     report: dict[str, Any] = {}
     reason = budget_gate({"default": cfg}, reports=reports, meta=meta, report=report)
-    # 10 steps x 30 s = 300 s on 50 nodes = 16.7 GPU-h, + validate_short's 0.02
+    # 10 steps x 30 s = 300 s on 50 nodes = 16.7 GPU-h, + validate_short's 0.02 + the network
+    # check's 2
     assert "within the budget of 20 GPU-hours" in reason
-    assert report["projection"]["stages"][1]["cost"]["source"] == "measured"
+    assert report["projection"]["stages"][2]["cost"]["source"] == "measured"
     slow = {"default": {**fast, "measured_step_time_s": 60.0, "world_size": 8}}
     with pytest.raises(
-        BudgetExceeded, match=r"projected 33\.\d+ GPU-hours exceed the budget of 20"
+        BudgetExceeded, match=r"projected 35\.\d+ GPU-hours exceed the budget of 20"
     ):
         budget_gate({"default": cfg}, reports=slow, meta=meta, report={})
     # A failed validate_short measured nothing: the estimate (2 s/step) stands in.
     failed = {"default": {**fast, "passed": False}}
     report = {}
     budget_gate({"default": cfg}, reports=failed, meta=meta, report=report)
-    assert report["projection"]["stages"][1]["cost"]["source"] == "estimate"
+    assert report["projection"]["stages"][2]["cost"]["source"] == "estimate"
     # A passed report made under another config: the gate refuses rather than fall back.
     other = {"default": {**fast, "world_size": 8, "config_digest": "0" * 16}}
     with pytest.raises(StageFailure, match="variant 'default': validate_short's measurement was"):
@@ -225,10 +231,10 @@ def test_a_measurement_made_under_another_config_is_not_quoted(lumi_cfg) -> None
         notes={"default": note},
         max_gpu_hours=None,
     )
-    finetune = proj["stages"][1]["cost"]
+    finetune = proj["stages"][2]["cost"]
     assert finetune["source"] == "estimate"
     assert finetune["step_time_s"] == cfg["launch"]["step_time_estimate_s"] != 0.05
-    line = format_projection(proj)[1]
+    line = format_projection(proj)[2]
     assert f"made under config {gate_digest(demo_cfg)}" in line and "not used" in line
     assert "0.05 s" not in line
     assert ignored_measurement({**measured, "passed": False}, cfg) is None  # nothing measured
@@ -247,17 +253,19 @@ def test_dry_run_refuses_a_run_over_budget_naming_both_figures(
     cfg_path = write_config(tmp_path, cfg)
     result = run_snakemake(tmp_path, cfg_path, "--dry-run")
     assert result.returncode != 0, result.stdout
-    # 720 x 5 s on 2 nodes = 8 GPU-h, + validate_short 2 x 5 s on 1 node
-    assert "projected 8.011 GPU-hours exceed the budget of 3 GPU-hours" in result.stdout
+    # 720 x 5 s on 2 nodes = 8 GPU-h, + validate_short 2 x 5 s on 1 node, + the network check's
+    # request, 2 nodes x 15 min = 2 GPU-h
+    assert "projected 10.01 GPU-hours exceed the budget of 3 GPU-hours" in result.stdout
+    assert re.search(r"projected cost: check_network +shared +2\.00 GPU-h", result.stdout)
     assert re.search(r"projected cost: finetune +default +8\.00 GPU-h", result.stdout)
     assert "wall time requested" in result.stdout
     # Stopping before the fine-tunes measures the step time without meeting the budget.
     result = run_snakemake(tmp_path, cfg_path, "--dry-run", "--until", "validate_short")
     assert result.returncode == 0, result.stdout
-    cfg["launch"].update(max_gpu_hours=10.0)
+    cfg["launch"].update(max_gpu_hours=12.0)
     result = run_snakemake(tmp_path, write_config(tmp_path, cfg), "--dry-run")
     assert result.returncode == 0, result.stdout
-    assert "check_budget" in result.stdout and "budget of 10 GPU-h" in result.stdout
+    assert "check_budget" in result.stdout and "budget of 12 GPU-h" in result.stdout
 
 
 @pytest.mark.slow

@@ -41,7 +41,12 @@ import pytest
 import yaml
 
 from aqnet.config import validate_config, variant_config
-from aqnet.train.cost import finetune_projection, measured_from_report
+from aqnet.train.cost import (
+    NETWORK_CHECK_MINUTES,
+    NETWORK_CHECK_NODES,
+    finetune_projection,
+    measured_from_report,
+)
 from aqnet.train.length import start_times_in_cache
 from aqnet.train.network import gradient_numel
 
@@ -219,7 +224,10 @@ def test_lumi_profile_maps_every_stage_within_lumi_limits(
         assert res["cpus_per_task"] == LUMI_CORES_PER_GCD
         assert res["mem_mb"] == LUMI_NODE_MEM_MB
     assert rule_resources(lumi_profile, "validate_short")["nodes"] == 1
-    assert rule_resources(lumi_profile, "check_network")["nodes"] == 2  # traffic between nodes
+    # traffic between nodes; the budget projects this request (aqnet.train.cost)
+    network = rule_resources(lumi_profile, "check_network")
+    assert network["nodes"] == NETWORK_CHECK_NODES == 2
+    assert network["runtime"] == NETWORK_CHECK_MINUTES
     finetune = rule_resources(lumi_profile, "finetune")
     assert finetune["nodes"] == lumi_config["launch"]["nodes"] == 50
     assert re.fullmatch(r"--signal=USR1@\d+", finetune["slurm_extra"])

@@ -218,12 +218,13 @@ def test_projected_cost_printed_from_config_then_from_validate_short(
     result = run_snakemake(tmp_path, cfg_path, "--dry-run")
     assert result.returncode == 0, result.stdout
     # 720 steps x 5 s = 1 h on 2 nodes = 2 node-hours = 8 GPU-hours per variant; each
-    # validate_short: 2 steps x 5 s on 1 node = 0.011 GPU-hours.
+    # validate_short: 2 steps x 5 s on 1 node = 0.011 GPU-hours; the network check, once: its
+    # request of 2 nodes x 15 min = 2 GPU-hours.
     assert re.search(
         r"projected cost: finetune +default +8\.00 GPU-h +720 steps x 5 s", result.stdout
     )
     assert "step time estimated: launch.step_time_estimate_s" in result.stdout
-    assert re.search(r"projected cost: total +16\.02 GPU-h", result.stdout), result.stdout
+    assert re.search(r"projected cost: total +18\.02 GPU-h", result.stdout), result.stdout
 
     # validate_short's report, made under blocks01's resolved config (its digest)
     resolved = tmp_path / "results/variants/blocks01/config.yaml"
@@ -239,7 +240,7 @@ def test_projected_cost_printed_from_config_then_from_validate_short(
     # 720 x 2.5 s = 0.5 h on 2 nodes: 4 GPU-hours
     line = re.search(r"projected cost: finetune +blocks01 .*", result.stdout)
     assert line and "4.00 GPU-h" in line.group(0) and "measured by validate_short" in line.group(0)
-    assert re.search(r"projected cost: total +12\.02 GPU-h", result.stdout), result.stdout
+    assert re.search(r"projected cost: total +14\.02 GPU-h", result.stdout), result.stdout
 
 
 def test_resolved_config_rewritten_only_when_it_changes(

@@ -21,6 +21,7 @@ from aqnet import plan as _plan
 from aqnet.config import ConfigError, coerce_overrides, validate_config
 from aqnet.config import with_control_arm, with_seeds
 from aqnet.train.budget import BudgetExceeded, check_budget
+from aqnet.train.cost import NETWORK_CHECK_MINUTES, NETWORK_CHECK_NODES
 from aqnet.train.cost import format_projection
 
 _files = {
@@ -138,7 +139,9 @@ def state_dir(stage: str):
 
 def record_slurm_job(stage: str):
     """A params function: the shell prefix recording the Slurm job id (Plan.slurm_job_record)."""
-    return lambda wildcards: PLAN.slurm_job_record(stage, wildcards.variant)
+    return lambda wildcards: PLAN.slurm_job_record(
+        stage, getattr(wildcards, "variant", SHARED)
+    )
 
 
 def launcher(wildcards, threads, resources) -> str:

@@ -20,22 +20,27 @@ rule check_network:
         report="logs/check_network.json",
         # every rank's RCCL debug output, apart: the stage log ends with the verdict line
         rccl="logs/check_network.rccl.log",
+    benchmark:
+        result(f"benchmarks/check_network/{SHARED}.tsv")
     conda:
         ENV
     threads: 2
     resources:
-        nodes=2,
+        # its projected cost is this request (aqnet.train.cost.network_check_projection)
+        nodes=NETWORK_CHECK_NODES,
         tasks_per_node=CFG["launch"]["tasks_per_node"],
         mem_mb=4000,
-        runtime=15,
-        gpu_nodes=2,
+        runtime=NETWORK_CHECK_MINUTES,
+        gpu_nodes=NETWORK_CHECK_NODES,
     params:
         launcher=launcher,
+        record_job=record_slurm_job("check_network"),
         world_size=world_size,
         debug_dir="logs/check_network/rccl",
     shell:
         # RCCL's debug output from the start of every rank (the check adds one file per rank)
-        "rm -rf {params.debug_dir}; rc=0; NCCL_DEBUG=INFO NCCL_DEBUG_SUBSYS=INIT,NET"
+        "{params.record_job}rm -rf {params.debug_dir}; rc=0;"
+        " NCCL_DEBUG=INFO NCCL_DEBUG_SUBSYS=INIT,NET"
         " {params.launcher}aqnet check-network"
         " --config {input.config} --debug-dir {params.debug_dir}"
         " --world-size {params.world_size}"

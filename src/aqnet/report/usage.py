@@ -1,6 +1,7 @@
 """GPU-hours each GPU stage actually used, beside what ``check_budget`` projected for it.
 
-Per stage (``validate_short``, ``finetune``) and variant, in this order of preference:
+Per stage (``check_network`` once, as variant ``shared``; ``validate_short`` and ``finetune`` per
+variant), in this order of preference:
 
 * **Slurm** (``sacct``): the job ids the stage recorded in
   ``<benchmarks>/<stage>/<variant>.slurm_jobs`` (one line per allocation; a requeued job appears
@@ -23,8 +24,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from aqnet.train.cost import NETWORK_CHECK_NODES, SHARED_VARIANT
+
 __all__ = [
     "GPU_STAGES",
+    "SHARED_GPU_STAGES",
     "benchmark_seconds",
     "sacct_node_seconds",
     "stage_usage",
@@ -32,7 +36,10 @@ __all__ = [
 ]
 
 GPU_STAGES: tuple[str, ...] = ("validate_short", "finetune")
-"""The stages that hold whole GPU nodes."""
+"""The stages of each variant that hold whole GPU nodes."""
+
+SHARED_GPU_STAGES: dict[str, int] = {"check_network": NETWORK_CHECK_NODES}
+"""The stages that hold whole GPU nodes once per run, and their nodes."""
 
 
 def benchmark_seconds(path: str | Path) -> float | None:
@@ -126,7 +133,8 @@ def usage_rows(
     benchmarks_dir: str | Path | None,
     budget_report: str | Path | None,
 ) -> list[dict[str, Any]]:
-    """One row per GPU stage and variant: projected and used GPU-hours, and where each is from.
+    """One row per GPU stage and variant (the network check first, once): projected and used
+    GPU-hours, and where each is from.
 
     Args:
         launch: the ``launch`` section (``nodes``, ``gpu_hours_per_node_hour``).
@@ -139,32 +147,34 @@ def usage_rows(
         report = json.loads(Path(budget_report).read_text())
         for s in (report.get("projection") or {}).get("stages", []):
             projected[(s["stage"], s["variant"])] = float(s["gpu_hours"])
-    rows = []
+    runs = [(stage, SHARED_VARIANT, nodes) for stage, nodes in SHARED_GPU_STAGES.items()]
     for variant in variants:
         for stage in GPU_STAGES:
-            nodes = int(launch["nodes"]) if stage == "finetune" else 1
-            used = (
-                stage_usage(
-                    stage,
-                    variant,
-                    benchmarks_dir=benchmarks_dir,
-                    nodes=nodes,
-                    gpu_hours_per_node_hour=float(launch["gpu_hours_per_node_hour"]),
-                )
-                if benchmarks_dir is not None
-                else {"used_gpu_hours": None, "used_from": "not recorded"}
+            runs.append((stage, variant, int(launch["nodes"]) if stage == "finetune" else 1))
+    rows = []
+    for stage, variant, nodes in runs:
+        used = (
+            stage_usage(
+                stage,
+                variant,
+                benchmarks_dir=benchmarks_dir,
+                nodes=nodes,
+                gpu_hours_per_node_hour=float(launch["gpu_hours_per_node_hour"]),
             )
-            proj = projected.get((stage, variant))
-            rows.append(
-                {
-                    "stage": stage,
-                    "variant": variant,
-                    "nodes": nodes,
-                    "projected_gpu_hours": math.nan if proj is None else proj,
-                    "used_gpu_hours": (
-                        math.nan if used["used_gpu_hours"] is None else used["used_gpu_hours"]
-                    ),
-                    "used_from": used["used_from"],
-                }
-            )
+            if benchmarks_dir is not None
+            else {"used_gpu_hours": None, "used_from": "not recorded"}
+        )
+        proj = projected.get((stage, variant))
+        rows.append(
+            {
+                "stage": stage,
+                "variant": variant,
+                "nodes": nodes,
+                "projected_gpu_hours": math.nan if proj is None else proj,
+                "used_gpu_hours": (
+                    math.nan if used["used_gpu_hours"] is None else used["used_gpu_hours"]
+                ),
+                "used_from": used["used_from"],
+            }
+        )
     return rows

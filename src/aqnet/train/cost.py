@@ -13,6 +13,10 @@ the full run takes the short run's time x (ranks of the short run / ranks of the
 
 The step time is the median of the ``step_time_s`` column of ``metrics.csv`` without the first
 step (it includes one-off start-up work: memory allocation, kernel selection, compilation).
+
+The network check (``check_network``, once per run) is projected as its whole request,
+:data:`NETWORK_CHECK_NODES` nodes for :data:`NETWORK_CHECK_MINUTES` minutes: an upper bound, since
+Slurm bills the time it uses.
 """
 
 from __future__ import annotations
@@ -28,10 +32,14 @@ from aqnet.train.length import run_length
 from aqnet.train.metrics import read_metrics
 
 __all__ = [
+    "NETWORK_CHECK_MINUTES",
+    "NETWORK_CHECK_NODES",
+    "SHARED_VARIANT",
     "finetune_projection",
     "format_projection",
     "ignored_measurement",
     "measured_from_report",
+    "network_check_projection",
     "measured_times",
     "project_cost",
     "requested_minutes",
@@ -291,6 +299,37 @@ def validate_short_projection(cfg: Mapping[str, Any]) -> dict[str, Any]:
     return cost
 
 
+NETWORK_CHECK_NODES = 2
+"""Nodes of the ``check_network`` stage: the fewest that put traffic between nodes (its rule in
+``workflow/rules/train.smk`` and ``profiles/lumi/config.yaml`` request these)."""
+
+NETWORK_CHECK_MINUTES = 15
+"""The ``check_network`` stage's requested wall time, in minutes."""
+
+SHARED_VARIANT = "shared"
+"""The ``variant`` of a stage that runs once for every variant (``aqnet.plan.SHARED``)."""
+
+
+def network_check_projection(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The network check's GPU-hours: its whole request (module docstring).
+
+    Returns:
+        ``{"source": "request", "nodes", "minutes", "wall_time_h", "node_hours",
+        "gpu_hours_per_node_hour", "gpu_hours"}``.
+    """
+    per_node_hour = float(cfg["launch"]["gpu_hours_per_node_hour"])
+    hours = NETWORK_CHECK_MINUTES / 60.0
+    return {
+        "source": "request",
+        "nodes": NETWORK_CHECK_NODES,
+        "minutes": NETWORK_CHECK_MINUTES,
+        "wall_time_h": hours,
+        "node_hours": NETWORK_CHECK_NODES * hours,
+        "gpu_hours_per_node_hour": per_node_hour,
+        "gpu_hours": NETWORK_CHECK_NODES * hours * per_node_hour,
+    }
+
+
 def run_projection(
     variant_cfgs: Mapping[str, Mapping[str, Any]],
     *,
@@ -300,7 +339,8 @@ def run_projection(
     max_gpu_hours: float | None,
     notes: Mapping[str, str | None] | None = None,
 ) -> dict[str, Any]:
-    """Every GPU stage of a run, its GPU-hours, their total and the budget.
+    """Every GPU stage of a run, its GPU-hours, their total and the budget: the network check
+    once, then each variant's validate_short and fine-tune.
 
     Args:
         variant_cfgs: ``{variant: resolved config}``.
@@ -316,6 +356,16 @@ def run_projection(
         "max_gpu_hours", "over_budget", "start_times", "start_times_source"}``.
     """
     stages = []
+    for cfg in list(variant_cfgs.values())[:1]:  # once per run; ``launch`` is the same for all
+        network = network_check_projection(cfg)
+        stages.append(
+            {
+                "stage": "check_network",
+                "variant": SHARED_VARIANT,
+                "gpu_hours": network["gpu_hours"],
+                "cost": network,
+            }
+        )
     for variant, cfg in variant_cfgs.items():
         short = validate_short_projection(cfg)
         stages.append(
@@ -348,6 +398,13 @@ def format_projection(projection: Mapping[str, Any]) -> list[str]:
     lines = []
     for s in projection["stages"]:
         c = s["cost"]
+        if c["source"] == "request":
+            lines.append(
+                f"{s['stage']:<15} {s['variant']:<20} {s['gpu_hours']:9.2f} GPU-h  "
+                f"{c['nodes']} node(s) x {c['minutes']} min requested (an upper bound: Slurm "
+                "bills the time used)"
+            )
+            continue
         text = (
             f"{s['stage']:<15} {s['variant']:<20} {s['gpu_hours']:9.2f} GPU-h  "
             f"{c['steps']} steps x {c['step_time_s']:.3g} s on {c['nodes']} node(s)"
