@@ -195,20 +195,9 @@ def verify_aqnet_files(cache_path: Path, ref_path: Path, report: dict[str, Any])
     problems += validity_problems(cache_orders, cache_params, "cache")
     problems += validity_problems(ref_orders, ref_params, "reference")
 
-    grid_diffs = {
-        key: {"cache": cache_params.get(key), "reference": ref_params.get(key)}
-        for key in sorted(set(cache_params) | set(ref_params))
-        if cache_params.get(key) != ref_params.get(key)
-    }
-    report["grid_differences"] = grid_diffs
-    if grid_diffs:
-        problems.append(
-            "the grid differs from the reference's: "
-            + ", ".join(
-                f"{k} {v['cache']} (cache) vs {v['reference']} (reference)"
-                for k, v in grid_diffs.items()
-            )
-        )
+    grid_problem = grid_differences(cache_params, ref_params, report)
+    if grid_problem is not None:
+        problems.append(grid_problem)
     elif not problems:
         diffs = order_differences(cache_orders, ref_orders)
         report["differences"] = diffs
@@ -234,6 +223,24 @@ def verify_aqnet_files(cache_path: Path, ref_path: Path, report: dict[str, Any])
         f"match the reference (digest {cache_info['digest'][:12]}); {how}"
     )
     return []
+
+
+def grid_differences(
+    cache_grid: Mapping[str, Any], ref_grid: Mapping[str, Any], report: dict[str, Any]
+) -> str | None:
+    """The grid keys whose values differ between the two files, into
+    ``report["grid_differences"]``; the problem they make, else None."""
+    diffs = {
+        key: {"cache": cache_grid.get(key), "reference": ref_grid.get(key)}
+        for key in sorted(set(cache_grid) | set(ref_grid))
+        if cache_grid.get(key) != ref_grid.get(key)
+    }
+    report["grid_differences"] = diffs
+    if not diffs:
+        return None
+    return "the grid differs from the reference's: " + ", ".join(
+        f"{k} {v['cache']} (cache) vs {v['reference']} (reference)" for k, v in diffs.items()
+    )
 
 
 def bytes_differ(md5_a: str, md5_b: str) -> str:

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from aqnet.gates.wind_npz import bytes_differ, ints, md5, order_differences
+from aqnet.gates.wind_npz import bytes_differ, grid_differences, ints, md5, order_differences
 from aqnet.orders import OrdersFileError, load_orders, orders_digest
 from aqnet.stage import StageFailure
 from aqnet.wind_tables import WindTables, read_tables
@@ -111,20 +111,9 @@ def verify_tables(cache_path: Path, ref_path: Path, report: dict[str, Any]) -> l
                 f"digest {info['stored_digest'][:12]} does not match its orders "
                 f"({info['digest'][:12]})"
             )
-    grid_diffs = {
-        k: {"cache": cache.grid.get(k), "reference": ref.grid.get(k)}
-        for k in sorted(set(cache.grid) | set(ref.grid))
-        if cache.grid.get(k) != ref.grid.get(k)
-    }
-    report["grid_differences"] = grid_diffs
-    if grid_diffs:
-        problems.append(
-            "the grid differs from the reference's: "
-            + ", ".join(
-                f"{k} {v['cache']} (cache) vs {v['reference']} (reference)"
-                for k, v in grid_diffs.items()
-            )  # fmt: skip
-        )
+    grid_problem = grid_differences(cache.grid, ref.grid, report)
+    if grid_problem is not None:
+        problems.append(grid_problem)
         return problems
     problems += _table_problems(cache, "cache") + _table_problems(ref, "reference")
     if not np.allclose(cache.sector_angles, ref.sector_angles, rtol=0, atol=1e-12):
