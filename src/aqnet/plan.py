@@ -26,11 +26,10 @@ from aqnet.config import validate_config, variant_config
 from aqnet.provenance import config_digest, run_config
 from aqnet.train.cost import (
     SHARED_VARIANT,
-    ignored_measurement,
-    measured_from_report,
     run_projection,
 )
 from aqnet.train.length import estimated_start_times, start_times_in_cache
+from aqnet.train.measured import ignored_measurement, measured_from_report
 
 SHARED = SHARED_VARIANT
 """Pseudo-variant name of the resolved config the shared stages read (and of their cost)."""

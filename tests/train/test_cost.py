@@ -20,13 +20,12 @@ from aqnet.train.budget import BudgetExceeded, budget_gate, check_budget
 from aqnet.train.cost import (
     finetune_projection,
     format_projection,
-    ignored_measurement,
-    measured_from_report,
     requested_minutes,
     run_projection,
 )
 from aqnet.train.length import estimated_start_times, run_length, start_times_in_cache
 from aqnet.train.loop import plan_batches
+from aqnet.train.measured import ignored_measurement, measured_from_report
 from workflow_helpers import run_snakemake, workflow_config, write_config
 
 REPO = Path(__file__).resolve().parents[2]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from aqnet.train.cost import measured_times
+from aqnet.train.measured import measured_times
 from aqnet.train.metrics import metric_columns, write_metrics
 from aqnet.train.validate_short import short_run_cost
 

@@ -45,9 +45,9 @@ from aqnet.train.cost import (
     NETWORK_CHECK_MINUTES,
     NETWORK_CHECK_NODES,
     finetune_projection,
-    measured_from_report,
 )
 from aqnet.train.length import start_times_in_cache
+from aqnet.train.measured import measured_from_report
 from aqnet.train.network import gradient_numel
 
 # Every test here runs Snakemake, srun or the Slurm daemons' tools.

@@ -9,11 +9,10 @@ from typing import Any
 from aqnet.stage import StageFailure
 from aqnet.train.cost import (
     format_projection,
-    ignored_measurement,
-    measured_from_report,
     run_projection,
 )
 from aqnet.train.length import start_times_in_cache
+from aqnet.train.measured import ignored_measurement, measured_from_report
 
 __all__ = ["BudgetExceeded", "budget_gate", "check_budget"]
 

@@ -11,8 +11,8 @@ of nodes, which this projection does not model). The projection is::
 The validation set is the same in both runs and is split over the ranks, so a validation pass of
 the full run takes the short run's time x (ranks of the short run / ranks of the full run).
 
-The step time is the median of the ``step_time_s`` column of ``metrics.csv`` without the first
-step (it includes one-off start-up work: memory allocation, kernel selection, compilation).
+The step time is validate_short's median (:mod:`aqnet.train.measured`), else the estimate
+``launch.step_time_estimate_s``.
 
 The network check (``check_network``, once per run) is projected as its whole request,
 :data:`NETWORK_CHECK_NODES` nodes for :data:`NETWORK_CHECK_MINUTES` minutes: an upper bound, since
@@ -22,14 +22,10 @@ Slurm bills the time it uses.
 from __future__ import annotations
 
 import math
-import statistics
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
-from aqnet.provenance import report_config_mismatch
 from aqnet.train.length import run_length
-from aqnet.train.metrics import read_metrics
 
 __all__ = [
     "NETWORK_CHECK_MINUTES",
@@ -37,10 +33,7 @@ __all__ = [
     "SHARED_VARIANT",
     "finetune_projection",
     "format_projection",
-    "ignored_measurement",
-    "measured_from_report",
     "network_check_projection",
-    "measured_times",
     "project_cost",
     "requested_minutes",
     "run_projection",
@@ -112,40 +105,6 @@ def validation_passes(steps: int, val_every: int) -> int:
     return 1 + steps // val_every + (1 if steps % val_every else 0)
 
 
-def measured_times(
-    metrics: str | Path | Sequence[Mapping[str, Any]], *, skip_first: int = 1
-) -> dict[str, float]:
-    """Median step and validation times of a run.
-
-    Args:
-        metrics: a ``metrics.csv`` path or its rows.
-        skip_first: optimizer steps left out at the start (kept when nothing else remains).
-
-    Returns:
-        ``{"step_time_s", "val_time_s", "steps_measured", "val_passes_measured"}``.
-
-    Raises:
-        ValueError: no step with a finite ``step_time_s`` (with the file named).
-    """
-    rows = read_metrics(metrics) if isinstance(metrics, (str, Path)) else list(metrics)
-    where = str(metrics) if isinstance(metrics, (str, Path)) else "metrics rows"
-
-    def finite(v: Any) -> bool:
-        return v is not None and math.isfinite(float(v))
-
-    steps = [r for r in rows if int(r.get("step") or 0) > 0 and finite(r.get("step_time_s"))]
-    if not steps:
-        raise ValueError(f"{where}: no optimizer step with a step_time_s to measure")
-    kept = steps[skip_first:] or steps
-    vals = [float(r["val_time_s"]) for r in rows if finite(r.get("val_time_s"))]
-    return {
-        "step_time_s": statistics.median(float(r["step_time_s"]) for r in kept),
-        "val_time_s": statistics.median(vals) if vals else 0.0,
-        "steps_measured": float(len(kept)),
-        "val_passes_measured": float(len(vals)),
-    }
-
-
 # ---------------------------------------------------------------------------------------------
 # The requested wall time
 
@@ -193,44 +152,6 @@ def requested_minutes(
 # The projection of a whole run: every GPU stage of every variant, against the budget
 
 
-def measured_from_report(
-    report: Mapping[str, Any] | None, config: Mapping[str, Any] | None = None
-) -> dict[str, float] | None:
-    """The step and validation times a passed ``validate_short`` report measured, if any.
-
-    Args:
-        report: validate_short's report, or ``None`` before it ran.
-        config: the variant's resolved config; when given, a report made under another config
-            (:func:`aqnet.provenance.report_config_mismatch`) is not used.
-
-    Returns:
-        ``{"step_time_s", "val_time_s", "world_size"}`` or ``None`` (no report, a failed one, one
-        without finite times, or one made under another config).
-    """
-    if not report or not report.get("passed"):
-        return None
-    if config is not None and ignored_measurement(report, config) is not None:
-        return None
-    step = report.get("measured_step_time_s")
-    val = report.get("measured_val_time_s", 0.0)
-    world = report.get("world_size")
-    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in (step, val, world)):
-        return None
-    return {"step_time_s": float(step), "val_time_s": float(val), "world_size": float(world)}
-
-
-def ignored_measurement(report: Mapping[str, Any] | None, config: Mapping[str, Any]) -> str | None:
-    """Why a passed validate_short report's measurement is not used for ``config``, else None.
-
-    A measurement made under another config (another results folder's, an earlier batch size or
-    node count) is not this run's step time: the projection falls back to the estimate and says
-    so, rather than quoting it.
-    """
-    if not report or not report.get("passed"):
-        return None
-    return report_config_mismatch(report, config, what="validate_short's measurement")
-
-
 def finetune_projection(
     cfg: Mapping[str, Any],
     *,
@@ -239,9 +160,10 @@ def finetune_projection(
 ) -> dict[str, Any]:
     """The fine-tune of one variant: length, cost and requested wall time.
 
-    With ``measured`` (:func:`measured_from_report`) the step time and the validation time
-    (scaled from the short run's ranks to the full run's) are validate_short's; without it the
-    step time is ``launch.step_time_estimate_s`` and validation time is not counted.
+    With ``measured`` (:func:`aqnet.train.measured.measured_from_report`) the step time and the
+    validation time (scaled from the short run's ranks to the full run's) are validate_short's;
+    without it the step time is ``launch.step_time_estimate_s`` and validation time is not
+    counted.
 
     Args:
         cfg: the variant's resolved config.
@@ -348,8 +270,8 @@ def run_projection(
         start_times_source: where ``start_times`` came from (``"cache"`` or ``"estimate"``).
         measured: ``{variant: validate_short's times or None}``.
         max_gpu_hours: ``launch.max_gpu_hours`` (``None``: no budget).
-        notes: ``{variant: why its measurement is not used}`` (:func:`ignored_measurement`),
-            shown beside the estimate.
+        notes: ``{variant: why its measurement is not used}``
+            (:func:`aqnet.train.measured.ignored_measurement`), shown beside the estimate.
 
     Returns:
         ``{"stages": [{"stage", "variant", "gpu_hours", "cost"}], "total_gpu_hours",

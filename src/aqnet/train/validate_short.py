@@ -31,9 +31,10 @@ from typing import Any
 
 from aqnet.data import read_meta
 from aqnet.stage import StageFailure
-from aqnet.train.cost import finetune_projection, measured_times
+from aqnet.train.cost import finetune_projection
 from aqnet.train.length import start_times_in_cache
 from aqnet.train.loop import run_training
+from aqnet.train.measured import measured_times
 
 __all__ = ["baseline_val_loss", "short_run_cost", "validate_short"]
 
