@@ -1,8 +1,10 @@
 """The LUMI profile: its dry run, its consistency with the LUMI config, its per-rank wrapper, and
 the pipeline submitted through it to a real (localhost) Slurm.
 
-* ``test_lumi_profile_*`` need no Slurm: the profile and config files, and
-  ``snakemake --profile profiles/lumi -n -p`` with stand-ins for the data and the baseline.
+* ``test_lumi_profile_*`` and ``test_lumi_stages_*`` need no Slurm: ``snakemake --profile
+  profiles/lumi -n -p`` with stand-ins for the data and the baseline. The profile and config read
+  as files: ``test_lumi_profile.py``; the paths, LUMI's limits and ``rule_resources``:
+  ``lumi_files.py``.
 * ``profiles/lumi/rank.sh`` alone, with a fake Slurm environment: ``test_rank_wrapper.py``.
 * ``test_pipeline_on_localhost_slurm`` (marker ``slurm``) needs the mini-LUMI of ``.ci/slurm.sh``
   (``bash .ci/slurm.sh up`` as root) and is skipped with the reason when it is not up. It runs the
@@ -23,7 +25,6 @@ the pipeline submitted through it to a real (localhost) Slurm.
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import os
 import re
@@ -34,16 +35,24 @@ import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 import yaml
+from lumi_files import (
+    GATED_CHAIN,
+    LUMI_CONFIG,
+    LUMI_PROFILE,
+    RANK_SH,
+    RANKED,
+    REFERENCE_CONFIG,
+    REPO,
+    derive,
+    rule_resources,
+)
 
 from aqnet.config import validate_config, variant_config
 from aqnet.train.cost import (
-    NETWORK_CHECK_MINUTES,
-    NETWORK_CHECK_NODES,
     finetune_projection,
 )
 from aqnet.train.length import start_times_in_cache
@@ -53,63 +62,7 @@ from aqnet.train.network import gradient_numel
 # Every test here runs Snakemake, srun or the Slurm daemons' tools.
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[2]
-LUMI_PROFILE = REPO / "profiles" / "lumi" / "config.yaml"
-LUMI_CONFIG = REPO / "config" / "lumi.yaml"
-REFERENCE_CONFIG = REPO / "config" / "reference.yaml"
-RANK_SH = REPO / "profiles" / "lumi" / "rank.sh"
 BIN = Path(sys.executable).parent
-
-
-def _load_derive() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "derive_profile", REPO / "tests" / "workflow" / "slurm" / "derive_profile.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-derive = _load_derive()
-
-# LUMI's partitions (docs.lumi-supercomputer.eu, "Slurm partitions"): wall-time limit in minutes,
-# most nodes per job, and whether the partition has GPUs.
-LUMI_PARTITIONS: dict[str, dict[str, Any]] = {
-    "small": {"max_minutes": 3 * 24 * 60, "max_nodes": 4, "gpu": False},
-    "standard": {"max_minutes": 2 * 24 * 60, "max_nodes": 512, "gpu": False},
-    "debug": {"max_minutes": 30, "max_nodes": 4, "gpu": False},
-    "small-g": {"max_minutes": 3 * 24 * 60, "max_nodes": 4, "gpu": True},
-    "standard-g": {"max_minutes": 2 * 24 * 60, "max_nodes": 1024, "gpu": True},
-    "dev-g": {"max_minutes": 3 * 60, "max_nodes": 32, "gpu": True},
-}
-LUMI_NODE_MEM_MB = 480 * 1024  # what a LUMI-G node gives to jobs
-LUMI_CORES_PER_GCD = 7  # 8 cores per GCD, one reserved for the system
-LUMI_GCDS_PER_NODE = 8
-
-GATED_CHAIN = (
-    "build_cache",
-    "verify_wind_order",
-    "audit_checkpoint",
-    "smoke_forward",
-    "check_network",
-    "validate_short",
-    "rehearse_report",
-    "finetune",
-    "evaluate",
-    "report",
-)
-"""The stages of the LUMI run (data and baseline given) that Slurm runs, in DAG order."""
-
-RANKED = ("check_network", "validate_short", "finetune")
-
-
-def rule_resources(profile: Mapping[str, Any], rule: str) -> dict[str, Any]:
-    """The resources the profile gives ``rule``: its set-resources over the default-resources."""
-    res = dict(profile.get("default-resources") or {})
-    res.update((profile.get("set-resources") or {}).get(rule) or {})
-    return {k: derive.unquote(v) for k, v in res.items()}
 
 
 def _snakemake_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -120,132 +73,6 @@ def _snakemake_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
             env.pop(key)  # a test started inside a Slurm job must not leak its job into ours
     env.update(extra or {})
     return env
-
-
-# ---------------------------------------------------------------------------------------------
-# The profile and the config, read as files
-# ---------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def lumi_profile() -> dict[str, Any]:
-    return derive.load_profile(LUMI_PROFILE)
-
-
-@pytest.fixture(scope="module")
-def lumi_config() -> dict[str, Any]:
-    """config.yaml, config/reference.yaml and config/lumi.yaml merged as Snakemake merges the
-    profile's config files, then validated."""
-    from snakemake.utils import update_config
-
-    with (REPO / "config.yaml").open() as fh:
-        merged = yaml.safe_load(fh)
-    for path in (REFERENCE_CONFIG, LUMI_CONFIG):
-        with path.open() as fh:
-            update_config(merged, yaml.safe_load(fh))
-    return validate_config(merged, source="config.yaml + config/reference.yaml + config/lumi.yaml")
-
-
-def test_lumi_config_is_the_real_run(lumi_config: dict[str, Any]) -> None:
-    with LUMI_CONFIG.open() as fh:
-        own = yaml.safe_load(fh)
-    assert lumi_config["data"]["source"] == "files"
-    years = {
-        *lumi_config["data"]["split"]["train"],
-        *lumi_config["data"]["split"]["val"],
-        *lumi_config["data"]["split"]["test"],
-    }
-    assert {str(y) for y in years} <= set(lumi_config["data"]["files"])
-    assert (lumi_config["grid"]["ny"], lumi_config["grid"]["nx"]) == (128, 256)
-    assert lumi_config["model"]["preset"] == "paper"
-    assert lumi_config["baseline"]["checkpoint"] and lumi_config["baseline"]["wind_orders"]
-    # The study's length: one epoch (the steps follow from the cache's training start times).
-    assert lumi_config["finetune"]["epochs"] == 1
-    assert lumi_config["finetune"]["val_every"] == 25
-    assert (lumi_config["launch"]["nodes"], lumi_config["launch"]["tasks_per_node"]) == (50, 8)
-    world = 50 * 8
-    assert (
-        lumi_config["finetune"]["batch_size"] % (world * lumi_config["finetune"]["grad_accum"]) == 0
-    )
-    # Merged over the demo's config.yaml, nothing of the demo leaks in: every section the demo
-    # sets is set in config/lumi.yaml, and the variants are exactly LUMI's.
-    with (REPO / "config.yaml").open() as fh:
-        demo = yaml.safe_load(fh)
-    assert set(demo) <= set(own), f"config/lumi.yaml lacks the sections {set(demo) - set(own)}"
-    assert lumi_config["variants"] == own["variants"]
-    with REFERENCE_CONFIG.open() as fh:
-        reference = yaml.safe_load(fh)
-    model = {**reference["model"], **own["model"]}  # the baseline's model, then the run's keys
-    assert lumi_config["model"] == validate_config({"model": model})["model"]
-    assert lumi_config["data"]["normalization"]["source"] == "table"
-    assert lumi_config["validation"]["samples"] == "all"
-    assert lumi_config["finetune"] == validate_config({"finetune": own["finetune"]})["finetune"]
-
-
-def test_lumi_profile_maps_every_stage_within_lumi_limits(
-    lumi_profile: dict[str, Any], lumi_config: dict[str, Any]
-) -> None:
-    assert lumi_profile["executor"] == "slurm"
-    assert lumi_profile["retries"] == 0
-    assert lumi_profile["slurm-status-command"] == "sacct"
-    assert [REPO / p for p in lumi_profile["configfile"]] == [
-        REPO / "config.yaml",
-        REFERENCE_CONFIG,
-        LUMI_CONFIG,
-    ]
-    # The account is set in one place: default-resources, never per rule.
-    assert re.fullmatch(r"project_46\d{7}", lumi_profile["default-resources"]["slurm_account"])
-    for rule, res in lumi_profile["set-resources"].items():
-        assert "slurm_account" not in res, f"{rule} sets its own slurm_account"
-    for rule in (*GATED_CHAIN, "train_baseline", "make_demo_data"):
-        res = rule_resources(lumi_profile, rule)
-        part = LUMI_PARTITIONS[res["slurm_partition"]]
-        assert 0 < res["runtime"] <= part["max_minutes"], (rule, res["runtime"])
-        assert res.get("nodes", 1) <= part["max_nodes"], rule
-        assert res["mem_mb"] > 0 and res["cpus_per_task"] >= 1, rule
-        if part["gpu"]:
-            gpus = int(res["gres"].split(":")[-1])
-            tasks = res.get("tasks_per_node", 1)
-            assert res["cpus_per_task"] * tasks <= LUMI_CORES_PER_GCD * gpus, rule
-            assert res["mem_mb"] <= LUMI_NODE_MEM_MB * gpus / LUMI_GCDS_PER_NODE, rule
-        else:
-            assert "gres" not in res and "mpi" not in res, rule
-    assert rule_resources(lumi_profile, "smoke_forward")["slurm_partition"] in ("small-g", "dev-g")
-    assert rule_resources(lumi_profile, "smoke_forward")["gres"] == "gpu:1"
-    for rule in RANKED:
-        res = rule_resources(lumi_profile, rule)
-        assert res["slurm_partition"] == "standard-g"
-        assert res["mpi"].split()[0] == "srun"
-        assert re.search(r"--cpu-bind=mask_cpu:(0x[0-9a-f]+,){7}0x[0-9a-f]+\b", res["mpi"])
-        assert res["gres"] == f"gpu:{LUMI_GCDS_PER_NODE}"
-        assert (
-            res["tasks_per_node"] == LUMI_GCDS_PER_NODE == lumi_config["launch"]["tasks_per_node"]
-        )
-        assert res["cpus_per_task"] == LUMI_CORES_PER_GCD
-        assert res["mem_mb"] == LUMI_NODE_MEM_MB
-    assert rule_resources(lumi_profile, "validate_short")["nodes"] == 1
-    # traffic between nodes; the budget projects this request (aqnet.train.cost)
-    network = rule_resources(lumi_profile, "check_network")
-    assert network["nodes"] == NETWORK_CHECK_NODES == 2
-    assert network["runtime"] == NETWORK_CHECK_MINUTES
-    finetune = rule_resources(lumi_profile, "finetune")
-    assert finetune["nodes"] == lumi_config["launch"]["nodes"] == 50
-    assert re.fullmatch(r"--signal=USR1@\d+", finetune["slurm_extra"])
-
-
-def test_lumi_cpu_masks_give_each_gcd_its_own_seven_cores(lumi_profile: dict[str, Any]) -> None:
-    mpi = rule_resources(lumi_profile, "finetune")["mpi"]
-    masks = [int(m, 16) for m in re.search(r"mask_cpu:(\S+)", mpi).group(1).split(",")]
-    assert len(masks) == LUMI_GCDS_PER_NODE
-    assert all(bin(m).count("1") == LUMI_CORES_PER_GCD for m in masks)
-    union = 0
-    for m in masks:
-        assert union & m == 0, "two ranks share a core"
-        union |= m
-        low = (m & -m).bit_length() - 1
-        # cores 1-7 of one 8-core CCD: core 0 of each CCD stays with the system
-        assert low % 8 == 1 and m == 0x7F << low, hex(m)
-    assert union < 1 << 64  # LUMI-G: 64 cores (the first hardware thread of each)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -369,27 +196,6 @@ def test_lumi_stages_run_behind_the_rank_wrapper(
         f"on LUMI the stages {missing} would run outside the container: their command must be "
         "`{params.launcher}aqnet ...` with the launcher ending in resources.rank_wrapper"
     )
-
-
-# ---------------------------------------------------------------------------------------------
-# The test profile derivation
-# ---------------------------------------------------------------------------------------------
-
-
-def test_test_profile_changes_only_sizes_account_container_and_launcher(
-    tmp_path: Path, lumi_profile: dict[str, Any]
-) -> None:
-    test = derive.derive_test_profile(
-        lumi_profile, configfile=tmp_path / "c.yaml", logdir=tmp_path / "l", cpus=[0, 1]
-    )
-    assert derive.changed_keys(lumi_profile, test) == set(derive.SCALED_KEYS)
-    assert rule_resources(test, "finetune")["nodes"] == 2
-    for rule in RANKED:
-        res, lumi = rule_resources(test, rule), rule_resources(lumi_profile, rule)
-        assert res["tasks_per_node"] == 2
-        assert res["mpi"] == lumi["mpi"].split("--cpu-bind=")[0] + "--cpu-bind=mask_cpu:0x1,0x2"
-    assert "--container none" in rule_resources(test, "smoke_forward")["rank_wrapper"]
-    assert derive.host_cpu_masks(3, [4, 6]) == ["0x10", "0x40", "0x10"]
 
 
 # ---------------------------------------------------------------------------------------------
