@@ -52,9 +52,7 @@ from lumi_files import (
 )
 
 from aqnet.config import validate_config, variant_config
-from aqnet.train.cost import (
-    finetune_projection,
-)
+from aqnet.train.cost import finetune_projection
 from aqnet.train.length import start_times_in_cache
 from aqnet.train.measured import measured_from_report
 from aqnet.train.network import gradient_numel
