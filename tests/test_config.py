@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from aqnet.config import ConfigError, load_config, validate_config, variant_config
+from aqnet.config import ConfigError, load_config, validate_config, variant_config, with_control_arm
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,6 +41,33 @@ def test_variant_overrides_merge_and_validate():
         validate_config({"variants": {"bad": {"model": {"h_scal": 1}}}})
     with pytest.raises(ConfigError, match="unknown variant 'nope'"):
         variant_config(cfg, "nope")
+
+
+def test_a_variant_that_would_train_nothing_is_refused_before_any_stage():
+    # param_groups new trains only the TopoFlow parameters; the control arm's bias is off
+    cfg = validate_config({"finetune": {"param_groups": "new"}, "report": {"control": "ctl"}})
+    with pytest.raises(ConfigError) as err:
+        with_control_arm(cfg)
+    message = str(err.value)
+    assert "variant 'ctl'" in message and "param_groups is 'new'" in message
+    assert "model.elevation_bias is false" in message and "new_and_blocks" in message
+    # a user's own variant meets the same check when the config is validated
+    with pytest.raises(ConfigError, match=r"variant 'flat'.*topoflow_blocks is empty"):
+        validate_config(
+            {
+                "finetune": {"param_groups": "new"},
+                "variants": {"flat": {"model": {"topoflow_blocks": []}}},
+            }
+        )
+    # what does train: the bias on, a relative-position bias, or the TopoFlow blocks training too
+    assert variant_config(validate_config({"finetune": {"param_groups": "new"}}), "default")
+    rel = {"model": {"rel_pos_bias": True}, "finetune": {"param_groups": "new"}}
+    assert (
+        "ctl"
+        in with_control_arm(validate_config({**rel, "report": {"control": "ctl"}}))["variants"]
+    )
+    blocks = {"finetune": {"param_groups": "new_and_blocks"}, "report": {"control": "ctl"}}
+    assert "ctl" in with_control_arm(validate_config(blocks))["variants"]
 
 
 def test_load_config_file(tmp_path: Path):

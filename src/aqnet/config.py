@@ -228,8 +228,34 @@ def variant_config(config: Mapping[str, Any], name: str) -> dict[str, Any]:
         if errors:
             prefix = f"variants.{name}.{section}"
             raise ConfigError(_format_error(errors[0], f"variant {name!r}", prefix))
+    _check_something_trains(merged, name)
     merged["variant"] = name
     return merged
+
+
+def _check_something_trains(merged: Mapping[str, Any], name: str) -> None:
+    """Refuse a variant whose fine-tune would have no parameter that reaches the loss.
+
+    With ``finetune.param_groups: new`` only the new TopoFlow parameters train. A variant with the
+    elevation bias off and no relative-position bias (the control arm, by default) still holds
+    ``elevation_alpha``, but the loss does not depend on it: its first backward pass would fail
+    (torch: "element 0 of tensors does not require grad"), in validate_short at the earliest.
+    """
+    model, finetune = merged["model"], merged["finetune"]
+    if finetune.get("param_groups") != "new":
+        return
+    if not model.get("topoflow_blocks"):
+        why = "model.topoflow_blocks is empty"
+    elif not model.get("elevation_bias", True) and not model.get("rel_pos_bias", False):
+        why = "model.elevation_bias is false and model.rel_pos_bias is false"
+    else:
+        return
+    raise ConfigError(
+        f"variant {name!r}: finetune.param_groups is 'new' (only the new TopoFlow parameters "
+        f"train), but {why}, so no trained parameter reaches the loss and the fine-tune would "
+        "train nothing; use param_groups 'new_and_blocks' (the TopoFlow blocks train too, in "
+        "every arm alike) or 'all'"
+    )
 
 
 CONTROL_OVERRIDES: dict[str, Any] = {"model": {"elevation_bias": False}}
@@ -248,6 +274,9 @@ def with_control_arm(config: Mapping[str, Any]) -> dict[str, Any]:
     elevation bias off (:data:`CONTROL_OVERRIDES`); the reversed arm the same with
     ``model.elevation_bias_direction: downhill``. A variant of that name the user defines is kept
     as given. With ``report.control: null`` no control is added.
+
+    Raises:
+        ConfigError: an added arm that could not run (:func:`variant_config`'s checks).
     """
     out = copy.deepcopy(dict(config))
     report = out.get("report", {})
@@ -256,6 +285,8 @@ def with_control_arm(config: Mapping[str, Any]) -> dict[str, Any]:
         out["variants"][control] = copy.deepcopy(CONTROL_OVERRIDES)
     if report.get("reversed_arm") and REVERSED_ARM not in out["variants"]:
         out["variants"][REVERSED_ARM] = copy.deepcopy(REVERSED_OVERRIDES)
+    for added in set(out["variants"]) - set(config["variants"]):
+        variant_config(out, added)  # the added arms meet the checks the user's variants met
     return out
 
 
