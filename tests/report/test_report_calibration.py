@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from aqnet.report.calibrated import (
     min_block_days_for,
     politis_white_block_length,
 )
+from aqnet.report.page import CSS, summary_html
 from aqnet.report.stats import paired_test
 
 DAY0 = np.datetime64("2018-01-01T00", "ns")
@@ -231,6 +233,49 @@ def test_worse_than_control_is_a_regression(losses):
     assert v.verdict == "REGRESSION" and "the control and the baseline" in v.reason
 
 
+def test_a_test_with_fewer_than_two_blocks_says_it_cannot_be_run():
+    times = daily_times(7, per_day=2)  # 7 days, blocks of at least 4 days: 1 block
+    rng = np.random.default_rng(5)
+    ref = 0.5 + 0.05 * rng.random(times.size)
+    short = calibrated_test(ref, ref - 0.1, times, min_block_days=4, new_name="new")
+    assert (short.n_blocks, short.df, short.p_value, short.testable) == (1, 0, 1.0, False)
+    text = short.describe()
+    assert "NOT TESTABLE: the 7 days make 1 block of" in text
+    assert "needs at least 2 blocks" in text and "no evidence either way" in text
+    assert "p = 1" not in text.replace("its p = 1", "")  # no bare p-value to be read as a result
+    assert short.to_dict()["testable"] is False and not short.significant_improvement
+    ref3 = np.tile(ref, 3)  # 21 days, independent daily differences
+    new3 = ref3 - 0.1 + 0.01 * rng.standard_normal(ref3.size)
+    long = calibrated_test(ref3, new3, daily_times(21, 2), min_block_days=4)
+    assert long.testable and long.n_blocks >= 2 and "NOT TESTABLE" not in long.describe()
+    assert long.untestable_reason() == ""
+
+
+def test_an_untestable_comparison_is_inconclusive_not_insignificant(losses):
+    t = losses["times"][:14]  # the first 7 days: one 4-day block at most
+    few = {k: v[:14] for k, v in losses.items() if k != "times"}
+    vs_b = calibrated_test(few["baseline"], few["topoflow"], t, min_block_days=4, new_name="tf")
+    vs_c = calibrated_test(few["control"], few["topoflow"], t, min_block_days=4, ref_name="control")
+    assert not vs_b.testable and not vs_c.testable
+    v = attributed_verdict(
+        "tf", vs_baseline=vs_b, vs_control=vs_c, control="control", threshold=None
+    )
+    assert v.verdict == "INCONCLUSIVE"
+    assert "the test against the control and against baseline could not be run" in v.reason
+    assert "NOT TESTABLE" in v.reason
+    # with every test run, lower loss without significance stays NOT SIGNIFICANT
+    t, base, rng = losses["times"], losses["baseline"], np.random.default_rng(9)
+    new = base - 1e-3 + 0.02 * rng.standard_normal(t.size)  # slightly lower, lost in the noise
+    ctrl = new + 0.02 * rng.standard_normal(t.size)
+    vs_b = calibrated_test(base, new, t, min_block_days=4)
+    vs_c = calibrated_test(ctrl, new, t, min_block_days=4, ref_name="control")
+    assert vs_b.testable and vs_c.testable
+    assert vs_b.mean_diff < 0 and not vs_b.significant_improvement
+    assert not vs_c.significant_improvement and not vs_c.significant_regression
+    v = attributed_verdict("n", vs_baseline=vs_b, vs_control=vs_c, control="c", threshold=None)
+    assert v.verdict == "NOT SIGNIFICANT" and "NOT TESTABLE" not in v.reason
+
+
 def test_judge_variants_applies_holm_and_leaves_the_control_out(losses):
     names = ["control", "same_as_control", "topoflow"]
     vs_b = {n: _tests(losses, n)[0] for n in names}
@@ -306,3 +351,12 @@ def test_breakdown_by_lead_and_pollutant_with_holm():
     assert regions["significant"].tolist() == [False, False, False, True]
     assert (regions.ci_low <= regions.mean_diff).all()
     assert (regions.mean_diff <= regions.ci_high).all()
+
+
+@pytest.mark.parametrize("verdict", VERDICTS)
+def test_each_verdict_gets_its_own_colour_on_the_summary_page(tmp_path, verdict):
+    html = summary_html([("verdict", f"{verdict} (default)")], tmp_path)
+    classes = re.search(r'<div class="verdict ([^"]+)">', html).group(1).split()
+    assert classes == verdict.split()  # every word a class: NOT ATTRIBUTABLE is not NOT SIGNIFICANT
+    selector = "." + ".".join(classes) + "{"
+    assert selector in CSS, f"no colour for {verdict}"

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from aqnet.report.attribution import VERDICTS
 from workflow_helpers import (
     TWO_VARIANTS,
     expected_counts,
@@ -107,7 +108,7 @@ def test_two_variants_end_to_end(pipeline: tuple[Path, Path, str]) -> None:
         "blocks.1.attn.elevation_alpha",
     ]
     verdict = json.loads((workdir / "results/report/verdict.json").read_text())
-    assert verdict["verdict"] in {"SUCCESS", "NOT SIGNIFICANT", "NO IMPROVEMENT", "REGRESSION"}
+    assert verdict["verdict"] in VERDICTS
     for figure in ("val_loss.png", "variants.png", "gates.png"):
         assert (workdir / "results/report" / figure).stat().st_size > 0
 

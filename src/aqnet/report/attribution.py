@@ -22,7 +22,11 @@ The verdict of one variant, in order of precedence:
 * ``NOT ATTRIBUTABLE`` - significantly better than the baseline but not (or only negligibly, below
   ``report.min_gain_pct``) than the control, or no control was run: the gain is real, but the
   variant's change is not shown to cause it;
-* ``NOT SIGNIFICANT`` - lower loss, significant against neither.
+* ``INCONCLUSIVE`` - lower loss, significant against neither, and a test that decides it (against
+  the control, or against the baseline) could not be run: the evaluated days make fewer than 2
+  blocks of the calibrated test (:attr:`~aqnet.report.calibrated.CalibratedTest.testable`), so
+  the data cannot answer; the reason names the days a test would need;
+* ``NOT SIGNIFICANT`` - lower loss, significant against neither, both tests run.
 
 Why a minimum gain: any extra parameter lets a fine-tune follow a slightly different path, so on
 thousands of samples even a reversed or useless bias can come out a fraction of a percent better
@@ -49,6 +53,7 @@ from aqnet.report.seeds import SeedTest
 VERDICTS: tuple[str, ...] = (
     "SUCCESS",
     "NOT ATTRIBUTABLE",
+    "INCONCLUSIVE",
     "NOT SIGNIFICANT",
     "NO IMPROVEMENT",
     "REGRESSION",
@@ -183,6 +188,15 @@ def attributed_verdict(
             f"significantly better than the baseline, but not than the control "
             f"{control or '(none run)'}{negligible}: the gain is not shown to come from the "
             f"variant's change; {ctrl_txt}; {base_txt}; {vs_t}"
+        )
+    elif untested := [t for t in (vs_control, vs_baseline) if t is not None and not t.testable]:
+        decision = "INCONCLUSIVE"
+        which = " and ".join(
+            f"against {'the ' if t is vs_control else ''}{t.ref_name}" for t in untested
+        )
+        reason = (
+            f"lower loss, but the test {which} could not be run on the evaluated days (more "
+            f"days, or a longer report.split, would decide it): {ctrl_txt}; {base_txt}; {vs_t}"
         )
     else:
         decision = "NOT SIGNIFICANT"

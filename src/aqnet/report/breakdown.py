@@ -108,7 +108,8 @@ def breakdown_tests(
         One row per lead time, per pollutant, then per named region (when the evaluation holds
         ``region_mse``): ``family`` (``lead_time_h`` / ``pollutant`` / ``region``),
         ``key``, ``n_samples``, ``block_days``, ``mean_ref``, ``mean_new``, ``mean_diff``,
-        ``change_pct``, ``ci_low``, ``ci_high``, ``p_value``, ``p_holm``, ``significant``, and
+        ``change_pct``, ``ci_low``, ``ci_high``, ``p_value``, ``testable`` (false: fewer than 2
+        blocks, so no test; p = 1 and an unbounded CI), ``p_holm``, ``significant``, and
         for pollutants ``units``, ``rmse_ref``, ``rmse_new`` (physical units, test year) and
         ``published_rmse`` (NaN where the study gives none).
     """
@@ -144,6 +145,7 @@ def breakdown_tests(
                 "ci_low": t.ci_low,
                 "ci_high": t.ci_high,
                 "p_value": t.p_value,
+                "testable": t.testable,
             }
             if family == "pollutant":
                 times = pd.DatetimeIndex(both.index)

@@ -29,9 +29,11 @@ The test here, step by step (every choice is reported in :class:`CalibratedTest`
    interval, so "CI excludes zero" and ``p < alpha``
    always agree.
 
-With fewer than 2 blocks the test cannot be run: p = 1 and the reason says so. The loss of every
-day counts with equal weight (the mean of the daily means), so a day with more evaluated start
-times does not dominate.
+With fewer than 2 blocks the test cannot be run (:attr:`CalibratedTest.testable` is false): p = 1,
+the interval is unbounded, and :meth:`CalibratedTest.describe` says "NOT TESTABLE" and how many
+days a test would need, so that "p = 1" is never read as evidence of no difference. The loss of
+every day counts with equal weight (the mean of the daily means), so a day with more evaluated
+start times does not dominate.
 
 References: Politis, D. N. & White, H. (2004), Econometric Reviews 23(1); Patton, A., Politis,
 D. N. & White, H. (2009), Econometric Reviews 28(4); Diebold, F. X. & Mariano, R. S. (1995).
@@ -214,6 +216,21 @@ class CalibratedTest:
     """Holm-adjusted p-value within the family the test belongs to (set by :func:`holm_tests`)."""
 
     @property
+    def testable(self) -> bool:
+        """At least 2 blocks: a t statistic with at least 1 degree of freedom exists."""
+        return self.n_blocks >= 2
+
+    def untestable_reason(self) -> str:
+        """Why the test could not be run, and what it would need (empty when testable)."""
+        if self.testable:
+            return ""
+        return (
+            f"NOT TESTABLE: the {self.n_days} days make {self.n_blocks} block of "
+            f"{self.block_days} d, and the test needs at least 2 blocks ({2 * self.block_days} "
+            "days); its p = 1 is no evidence either way"
+        )
+
+    @property
     def p_decisive(self) -> float:
         """The p-value the decision uses: Holm-adjusted where adjusted, else the raw one."""
         return self.p_value if self.p_adjusted is None else self.p_adjusted
@@ -240,11 +257,19 @@ class CalibratedTest:
         """One line with the numbers."""
         pct = 100.0 * self.confidence
         adj = "" if self.p_adjusted is None else f", Holm-adjusted p = {self.p_adjusted:.3g}"
-        return (
+        head = (
             f"{self.new_name} - {self.ref_name} mean loss difference {self.mean_diff:+.4g} "
-            f"({100 * self.rel_diff:+.2f} %), {pct:.0f} % CI [{self.ci_low:+.4g}, "
-            f"{self.ci_high:+.4g}], batch-means t = {self.t_statistic:.3g} (df {self.df}), "
-            f"p = {self.p_value:.3g}{adj}; {self.n_blocks} {self.block_choice()} "
+            f"({100 * self.rel_diff:+.2f} %), "
+        )
+        if not self.testable:
+            test = self.untestable_reason()
+        else:
+            test = (
+                f"{pct:.0f} % CI [{self.ci_low:+.4g}, {self.ci_high:+.4g}], batch-means t = "
+                f"{self.t_statistic:.3g} (df {self.df}), p = {self.p_value:.3g}{adj}"
+            )
+        return (
+            f"{head}{test}; {self.n_blocks} {self.block_choice()} "
             f"(n = {self.n_samples} samples on {self.n_days} days)"
         )
 
@@ -252,6 +277,7 @@ class CalibratedTest:
         d = asdict(self)
         d["autocorrelation"] = list(self.autocorrelation)
         d["p_decisive"] = self.p_decisive
+        d["testable"] = self.testable
         d["significant_improvement"] = self.significant_improvement
         d["significant_regression"] = self.significant_regression
         d["block_choice"] = self.block_choice()

@@ -45,8 +45,10 @@ CSS = (
     "table{border-collapse:collapse;margin:0.5em 0 1em}"
     "td,th{border:1px solid #ccc;padding:2px 6px;font-size:13px;text-align:right}"
     "th{background:#eee}.verdict{font-size:1.3em;padding:0.5em;border-radius:4px;color:#fff}"
-    ".SUCCESS{background:#2e7d32}.NOT{background:#ef6c00}.NO{background:#757575}"
-    ".REGRESSION{background:#c62828}.NOT.ATTRIBUTABLE{background:#6a1b9a}img{max-width:100%}"
+    ".SUCCESS{background:#2e7d32}.NOT.SIGNIFICANT{background:#ef6c00}"
+    ".NO.IMPROVEMENT{background:#757575}"
+    ".REGRESSION{background:#c62828}.NOT.ATTRIBUTABLE{background:#6a1b9a}"
+    ".INCONCLUSIVE{background:#8d6e63}img{max-width:100%}"
 )
 
 _ENV = jinja2.Environment(autoescape=True, keep_trailing_newline=True)
@@ -57,7 +59,7 @@ _SUMMARY = _ENV.from_string(
 <body><h1>{{ title }}</h1>
 {% for kind, content in blocks -%}
 {% if kind == "verdict" -%}
-<div class="verdict {{ content.split()[0] }}">Verdict: {{ content }}</div>
+<div class="verdict {{ content.split(" (")[0] }}">Verdict: {{ content }}</div>
 {% elif kind == "h2" -%}
 <h2>{{ content }}</h2>
 {% elif kind == "p" -%}
@@ -161,8 +163,10 @@ def summary_blocks(
             (
                 "p",
                 "Each row a calibrated paired test with its CI; p_holm is Holm-adjusted within "
-                "the lead times and within the pollutants. RMSE in physical units on the "
-                "evaluated split; published_rmse is the study's figure where it gives one.",
+                "the lead times and within the pollutants. testable is false where the "
+                "evaluated days make fewer than 2 blocks: no test was possible there, and its "
+                "p = 1 is no evidence either way. RMSE in physical units on the evaluated "
+                "split; published_rmse is the study's figure where it gives one.",
             )
         )
         blocks.append(("table", breakdown))
