@@ -70,6 +70,35 @@ def test_a_variant_that_would_train_nothing_is_refused_before_any_stage():
     assert "ctl" in with_control_arm(validate_config(blocks))["variants"]
 
 
+def test_the_shared_stages_config_is_not_held_to_the_fine_tune_check():
+    # blocks set per variant, none at the top level: only the fine-tuned variants are checked
+    from aqnet.plan import Plan
+
+    raw = {
+        "model": {"topoflow_blocks": []},
+        "finetune": {"param_groups": "new"},
+        "variants": {"default": {"model": {"topoflow_blocks": [0]}}},
+        "report": {"control": "ctl"},
+    }
+    cfg = validate_config(
+        {
+            **raw,
+            "variants": {
+                **raw["variants"],
+                "ctl": {
+                    "model": {"topoflow_blocks": [0], "rel_pos_bias": True, "elevation_bias": False}
+                },
+            },
+        }
+    )
+    plan = Plan(with_control_arm(cfg))
+    assert plan.shared_config("report")["model"]["topoflow_blocks"] == []
+    with pytest.raises(ConfigError, match=r"variant 'ctl'.*topoflow_blocks is empty"):
+        with_control_arm(
+            validate_config(raw)
+        )  # the added control inherits the empty top-level blocks
+
+
 def test_load_config_file(tmp_path: Path):
     p = tmp_path / "c.yaml"
     p.write_text(yaml.safe_dump({"grid": {"ny": 16, "nx": 32}}))

@@ -169,8 +169,14 @@ def _format_error(err: jsonschema.ValidationError, source: str, prefix: str = ""
     return f"{source}: invalid value at {where}: {err.message}"
 
 
-def validate_config(config: Mapping[str, Any], *, source: str = "config") -> dict[str, Any]:
+def validate_config(
+    config: Mapping[str, Any], *, source: str = "config", fine_tunes: bool = True
+) -> dict[str, Any]:
     """Validate ``config`` and return a deep copy with every default filled in.
+
+    ``fine_tunes``: its variants are fine-tuned, so each must have something to train
+    (:func:`_check_something_trains`); false for the config of the shared stages, whose one
+    pseudo-variant only carries the top-level sections.
 
     Raises:
         ConfigError: naming the first offending key and the file/source it came from.
@@ -182,7 +188,9 @@ def validate_config(config: Mapping[str, Any], *, source: str = "config") -> dic
         raise ConfigError(_format_error(errors[0], source))
     # Validate the variants' overrides against the sections they override.
     for name in instance["variants"]:
-        variant_config(instance, name)
+        merged = variant_config(instance, name)
+        if fine_tunes:
+            _check_something_trains(merged, name)
     return instance
 
 
@@ -228,13 +236,16 @@ def variant_config(config: Mapping[str, Any], name: str) -> dict[str, Any]:
         if errors:
             prefix = f"variants.{name}.{section}"
             raise ConfigError(_format_error(errors[0], f"variant {name!r}", prefix))
-    _check_something_trains(merged, name)
     merged["variant"] = name
     return merged
 
 
 def _check_something_trains(merged: Mapping[str, Any], name: str) -> None:
     """Refuse a variant whose fine-tune would have no parameter that reaches the loss.
+
+    Run on the variants a run fine-tunes (:func:`validate_config`, :func:`with_control_arm`),
+    not on the shared stages' config, where ``model.topoflow_blocks`` may be empty because each
+    variant sets its own.
 
     With ``finetune.param_groups: new`` only the new TopoFlow parameters train. A variant with the
     elevation bias off and no relative-position bias (the control arm, by default) still holds
@@ -276,7 +287,7 @@ def with_control_arm(config: Mapping[str, Any]) -> dict[str, Any]:
     as given. With ``report.control: null`` no control is added.
 
     Raises:
-        ConfigError: an added arm that could not run (:func:`variant_config`'s checks).
+        ConfigError: an added arm that could not run (the checks of :func:`validate_config`).
     """
     out = copy.deepcopy(dict(config))
     report = out.get("report", {})
@@ -285,8 +296,9 @@ def with_control_arm(config: Mapping[str, Any]) -> dict[str, Any]:
         out["variants"][control] = copy.deepcopy(CONTROL_OVERRIDES)
     if report.get("reversed_arm") and REVERSED_ARM not in out["variants"]:
         out["variants"][REVERSED_ARM] = copy.deepcopy(REVERSED_OVERRIDES)
-    for added in set(out["variants"]) - set(config["variants"]):
-        variant_config(out, added)  # the added arms meet the checks the user's variants met
+    for added in set(out["variants"]) - set(config.get("variants", {})):
+        # the added arms meet the checks the user's variants met in validate_config
+        _check_something_trains(variant_config(out, added), added)
     return out
 
 
@@ -369,7 +381,9 @@ def load_resolved(path: str | Path) -> dict[str, Any]:
         raw = yaml.safe_load(fh) or {}
     if isinstance(raw, dict) and "variant" in raw:
         name = raw.pop("variant")
-        return variant_config(validate_config(raw, source=str(path)), name)
+        # a stage's resolved config: its run's variants were checked when the run's config was
+        # read, and the shared stages' pseudo-variant fine-tunes nothing
+        return variant_config(validate_config(raw, source=str(path), fine_tunes=False), name)
     cfg = load_config(path)
     name = "default" if "default" in cfg["variants"] else next(iter(cfg["variants"]))
     return variant_config(cfg, name)

@@ -238,7 +238,9 @@ class Plan:
             if key in source:
                 target[key] = source[key]
         shared["variants"] = {SHARED: {}}
-        return variant_config(validate_config(shared, source=f"{scope} config"), SHARED)
+        return variant_config(
+            validate_config(shared, source=f"{scope} config", fine_tunes=False), SHARED
+        )
 
     def state_dir(self, stage: str, variant: str | None = None) -> str:
         """The resume-state folder of a training stage, one per config.
