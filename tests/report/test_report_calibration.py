@@ -240,8 +240,8 @@ def test_a_test_with_fewer_than_two_blocks_says_it_cannot_be_run():
     short = calibrated_test(ref, ref - 0.1, times, min_block_days=4, new_name="new")
     assert (short.n_blocks, short.df, short.p_value, short.testable) == (1, 0, 1.0, False)
     text = short.describe()
-    assert "NOT TESTABLE: the 7 days make 1 block of" in text
-    assert "needs at least 2 blocks" in text and "no evidence either way" in text
+    assert "NOT TESTABLE: the 7 days make fewer than 2 blocks of" in text
+    assert "needs at least 2 (about" in text and "no evidence either way" in text
     assert "p = 1" not in text.replace("its p = 1", "")  # no bare p-value to be read as a result
     assert short.to_dict()["testable"] is False and not short.significant_improvement
     ref3 = np.tile(ref, 3)  # 21 days, independent daily differences
@@ -255,14 +255,23 @@ def test_an_untestable_comparison_is_inconclusive_not_insignificant(losses):
     t = losses["times"][:14]  # the first 7 days: one 4-day block at most
     few = {k: v[:14] for k, v in losses.items() if k != "times"}
     vs_b = calibrated_test(few["baseline"], few["topoflow"], t, min_block_days=4, new_name="tf")
-    vs_c = calibrated_test(few["control"], few["topoflow"], t, min_block_days=4, ref_name="control")
+    vs_c = calibrated_test(few["control"], few["topoflow"], t, min_block_days=4, ref_name="ctl")
     assert not vs_b.testable and not vs_c.testable
-    v = attributed_verdict(
-        "tf", vs_baseline=vs_b, vs_control=vs_c, control="control", threshold=None
-    )
+    v = attributed_verdict("tf", vs_baseline=vs_b, vs_control=vs_c, control="ctl", threshold=None)
     assert v.verdict == "INCONCLUSIVE"
-    assert "the test against the control and against baseline could not be run" in v.reason
-    assert "NOT TESTABLE" in v.reason
+    assert "the test against the control ctl could not be run" in v.reason
+    assert "NOT TESTABLE: the 7 days make fewer than 2 blocks" in v.reason
+    # no control run: the baseline's test is the one that answers
+    v = attributed_verdict("tf", vs_baseline=vs_b, vs_control=None, control=None, threshold=None)
+    assert v.verdict == "INCONCLUSIVE" and "against the baseline could not be run" in v.reason
+    # a significant gain over the baseline with the control's test impossible: not attributable
+    # either way, and the verdict says the control's test is what is missing
+    long_b = calibrated_test(
+        losses["baseline"], losses["topoflow"], losses["times"], min_block_days=4
+    )
+    assert long_b.significant_improvement
+    v = attributed_verdict("tf", vs_baseline=long_b, vs_control=vs_c, control="ctl", threshold=None)
+    assert v.verdict == "INCONCLUSIVE" and "control ctl could not be run" in v.reason
     # with every test run, lower loss without significance stays NOT SIGNIFICANT
     t, base, rng = losses["times"], losses["baseline"], np.random.default_rng(9)
     new = base - 1e-3 + 0.02 * rng.standard_normal(t.size)  # slightly lower, lost in the noise
@@ -274,6 +283,21 @@ def test_an_untestable_comparison_is_inconclusive_not_insignificant(losses):
     assert not vs_c.significant_improvement and not vs_c.significant_regression
     v = attributed_verdict("n", vs_baseline=vs_b, vs_control=vs_c, control="c", threshold=None)
     assert v.verdict == "NOT SIGNIFICANT" and "NOT TESTABLE" not in v.reason
+    # the baseline's test impossible but the control's run: the control's answer stands
+    v = attributed_verdict(
+        "n",
+        vs_baseline=_seven_days_vs_baseline(losses),
+        vs_control=vs_c,
+        control="c",
+        threshold=None,
+    )
+    assert v.verdict == "NOT SIGNIFICANT" and "NOT TESTABLE" in v.reason
+
+
+def _seven_days_vs_baseline(losses):
+    """The variant ``topoflow`` against the baseline on 7 days: one block, not testable."""
+    t = losses["times"][:14]
+    return calibrated_test(losses["baseline"][:14], losses["topoflow"][:14], t, min_block_days=4)
 
 
 def test_judge_variants_applies_holm_and_leaves_the_control_out(losses):
@@ -360,3 +384,12 @@ def test_each_verdict_gets_its_own_colour_on_the_summary_page(tmp_path, verdict)
     assert classes == verdict.split()  # every word a class: NOT ATTRIBUTABLE is not NOT SIGNIFICANT
     selector = "." + ".".join(classes) + "{"
     assert selector in CSS, f"no colour for {verdict}"
+
+
+def test_no_two_verdicts_share_a_colour():
+    colours = {
+        v: re.search(r"\." + r"\.".join(v.split()) + r"\{background:(#[0-9a-f]+)", CSS)
+        for v in VERDICTS
+    }
+    assert all(colours.values()), colours
+    assert len({m.group(1) for m in colours.values()}) == len(VERDICTS)

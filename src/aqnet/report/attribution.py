@@ -19,14 +19,17 @@ The verdict of one variant, in order of precedence:
   ``report.min_gain_pct`` percent of the control's loss, and - with several fine-tune seeds per
   arm (``finetune.seeds``) - by more than the spread between seeds
   (:func:`aqnet.report.seeds.seed_test`);
+* ``INCONCLUSIVE`` - lower loss, but the test that answers the question - against the control,
+  or against the baseline when no control was run - could not be run: the evaluated days make
+  fewer than 2 blocks of the calibrated test
+  (:attr:`~aqnet.report.calibrated.CalibratedTest.testable`), so the data cannot answer; the
+  reason gives the days a test would need (a gain over the baseline alone cannot be attributed
+  either way then);
 * ``NOT ATTRIBUTABLE`` - significantly better than the baseline but not (or only negligibly, below
   ``report.min_gain_pct``) than the control, or no control was run: the gain is real, but the
   variant's change is not shown to cause it;
-* ``INCONCLUSIVE`` - lower loss, significant against neither, and a test that decides it (against
-  the control, or against the baseline) could not be run: the evaluated days make fewer than 2
-  blocks of the calibrated test (:attr:`~aqnet.report.calibrated.CalibratedTest.testable`), so
-  the data cannot answer; the reason names the days a test would need;
-* ``NOT SIGNIFICANT`` - lower loss, significant against neither, both tests run.
+* ``NOT SIGNIFICANT`` - lower loss, significant against neither (a test against the baseline
+  that could not be run is said so in the reason; the control's decides).
 
 Why a minimum gain: any extra parameter lets a fine-tune follow a slightly different path, so on
 thousands of samples even a reversed or useless bias can come out a fraction of a percent better
@@ -52,8 +55,8 @@ from aqnet.report.seeds import SeedTest
 
 VERDICTS: tuple[str, ...] = (
     "SUCCESS",
-    "NOT ATTRIBUTABLE",
     "INCONCLUSIVE",
+    "NOT ATTRIBUTABLE",
     "NOT SIGNIFICANT",
     "NO IMPROVEMENT",
     "REGRESSION",
@@ -168,6 +171,7 @@ def attributed_verdict(
         else f"seeds: {seeds.describe()}"
     )
     worse_than_control = vs_control is not None and vs_control.significant_regression
+    decisive = vs_baseline if vs_control is None else vs_control  # the test that answers
     if vs_control is not None:
         ctrl_txt = f"vs control: {vs_control.describe()}; {seeds_txt}"
     if worse_than_control or vs_baseline.significant_regression:
@@ -182,21 +186,19 @@ def attributed_verdict(
         decision = "SUCCESS"
         reason = f"{vs_t} and significantly better than the control {control}: {ctrl_txt}; "
         reason += base_txt
+    elif not decisive.testable:
+        decision = "INCONCLUSIVE"
+        against = "the baseline" if vs_control is None else f"the control {control}"
+        reason = (
+            f"lower loss, but the test against {against} could not be run on the evaluated days "
+            f"(more evaluated days would decide it): {ctrl_txt}; {base_txt}; {vs_t}"
+        )
     elif vs_baseline.significant_improvement:
         decision = "NOT ATTRIBUTABLE"
         reason = (
             f"significantly better than the baseline, but not than the control "
             f"{control or '(none run)'}{negligible}: the gain is not shown to come from the "
             f"variant's change; {ctrl_txt}; {base_txt}; {vs_t}"
-        )
-    elif untested := [t for t in (vs_control, vs_baseline) if t is not None and not t.testable]:
-        decision = "INCONCLUSIVE"
-        which = " and ".join(
-            f"against {'the ' if t is vs_control else ''}{t.ref_name}" for t in untested
-        )
-        reason = (
-            f"lower loss, but the test {which} could not be run on the evaluated days (more "
-            f"days, or a longer report.split, would decide it): {ctrl_txt}; {base_txt}; {vs_t}"
         )
     else:
         decision = "NOT SIGNIFICANT"

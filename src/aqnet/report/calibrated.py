@@ -225,9 +225,10 @@ class CalibratedTest:
         if self.testable:
             return ""
         return (
-            f"NOT TESTABLE: the {self.n_days} days make {self.n_blocks} block of "
-            f"{self.block_days} d, and the test needs at least 2 blocks ({2 * self.block_days} "
-            "days); its p = 1 is no evidence either way"
+            f"NOT TESTABLE: the {self.n_days} days make fewer than 2 blocks of "
+            f"{self.block_days} d, and the test needs at least 2 (about {2 * self.block_days} "
+            "days, the block length "
+            "being chosen again from the data); its p = 1 is no evidence either way"
         )
 
     @property
