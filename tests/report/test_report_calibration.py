@@ -375,6 +375,13 @@ def test_breakdown_by_lead_and_pollutant_with_holm():
     assert regions["significant"].tolist() == [False, False, False, True]
     assert (regions.ci_low <= regions.mean_diff).all()
     assert (regions.mean_diff <= regions.ci_high).all()
+    assert table["testable"].all()
+    # a week of starts: fewer than 2 blocks everywhere, no test, nothing significant
+    week = breakdown_tests(
+        _evaluation(np.stack([base, ft])[:, :7]), cfg, ref_name="b", new_name="d"
+    )
+    assert not week["testable"].any() and not week["significant"].any()
+    assert (week["p_holm"] == 1.0).all() and np.isinf(week["ci_high"]).all()
 
 
 @pytest.mark.parametrize("verdict", VERDICTS)

@@ -98,6 +98,23 @@ def test_no_gain_gives_an_empty_map_and_a_missing_tile_mse_none(arms):
         significance_map(ev_ctrl, rcfg, ref_name="a", new_name="b", grid_shape=(8, 8))
 
 
+def test_tiles_with_too_few_days_are_not_tested_and_stay_out_of_holm(arms):
+    ev_ctrl, ev_new = arms
+    rcfg = validate_config({})["report"]
+    week = {"sample": slice(0, 7)}  # 7 days: fewer than 2 blocks of at least 4 days
+    sig = significance_map(
+        ev_new.isel(week), rcfg, ev_ref=ev_ctrl.isel(week), ref_name="c", new_name="n",
+        grid_shape=(H, W),
+    )  # fmt: skip
+    assert len(sig.table) == 7 and not sig.table["testable"].any()  # 8 tiles, 1 outside
+    assert sig.n_tested == 0 and sig.n_significant == 0
+    assert np.isnan(sig.gain_pct).all() and (sig.table["p_holm"] == 1.0).all()
+    full = significance_map(
+        ev_new, rcfg, ev_ref=ev_ctrl, ref_name="c", new_name="n", grid_shape=(H, W)
+    )
+    assert full.n_tested == len(full.table) == 7 and full.table["testable"].all()
+
+
 def _blue_pixels(path) -> int:
     rgb = mpimg.imread(path)[..., :3]
     return int(((rgb[..., 2] - rgb[..., 0]) > 0.35).sum())

@@ -109,7 +109,8 @@ def breakdown_tests(
         ``region_mse``): ``family`` (``lead_time_h`` / ``pollutant`` / ``region``),
         ``key``, ``n_samples``, ``block_days``, ``mean_ref``, ``mean_new``, ``mean_diff``,
         ``change_pct``, ``ci_low``, ``ci_high``, ``p_value``, ``testable`` (false: fewer than 2
-        blocks, so no test; p = 1 and an unbounded CI), ``p_holm``, ``significant``, and
+        blocks, so no test; p = 1, an unbounded CI, outside Holm's family), ``p_holm``,
+        ``significant``, and
         for pollutants ``units``, ``rmse_ref``, ``rmse_new`` (physical units, test year) and
         ``published_rmse`` (NaN where the study gives none).
     """
@@ -156,8 +157,12 @@ def breakdown_tests(
                 published = PUBLISHED_RMSE.get(key)
                 row["published_rmse"] = published[0] if published else float("nan")
             family_rows.append(row)
-        adjusted = holm([r["p_value"] for r in family_rows])
-        for r, p in zip(family_rows, adjusted, strict=True):
+        # Holm within the family over the rows with a test; a row with fewer than 2 blocks
+        # cannot reject (p_holm 1) and does not widen the family
+        tested = [r for r in family_rows if r["testable"]]
+        for r in family_rows:
+            r["p_holm"], r["significant"] = 1.0, False
+        for r, p in zip(tested, holm([r["p_value"] for r in tested]), strict=True):
             r["p_holm"] = float(p)
             r["significant"] = bool(p < alpha)
         rows.extend(family_rows)

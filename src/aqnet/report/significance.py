@@ -5,7 +5,9 @@ grid cells (the wind-scan regions). Per tile, the variant's per-sample loss (mea
 times) is tested against the control's on the forecast start times both hold, with
 :func:`aqnet.report.calibrated.calibrated_test`; Holm's correction runs over all tested tiles
 (one family), so a tile marked significant on the map keeps the family-wise error rate at
-``report.significance``. Tiles outside the domain (nothing scored) are not tested.
+``report.significance``. Tiles outside the domain (nothing scored) are not tested, nor are tiles
+whose days make fewer than 2 blocks (:attr:`~aqnet.report.calibrated.CalibratedTest.testable`):
+they cannot reject, stay out of Holm's family and are drawn as not tested.
 """
 
 from __future__ import annotations
@@ -51,7 +53,8 @@ class SignificanceMap:
 
     @property
     def n_tested(self) -> int:
-        return len(self.table)
+        """Tiles with a test (at least 2 blocks); the others are drawn as not tested."""
+        return int(self.table["testable"].sum()) if len(self.table) else 0
 
     @property
     def n_significant(self) -> int:
@@ -117,11 +120,16 @@ def significance_map(
                 "ci_low": t.ci_low,
                 "ci_high": t.ci_high,
                 "p_value": t.p_value,
+                "testable": t.testable,
             }
         )
-    gain = np.full((ry, rx), np.nan)
+    gain = np.full((ry, rx), np.nan)  # NaN: not tested (no data, or fewer than 2 blocks)
     significant = np.zeros((ry, rx), dtype=bool)
-    for r, p in zip(records, holm([r["p_value"] for r in records]), strict=True):
+    # Holm over the tiles with a test; a tile with fewer than 2 blocks cannot reject (p_holm 1)
+    tested = [r for r in records if r["testable"]]
+    for r in records:
+        r["p_holm"], r["significant"] = 1.0, False
+    for r, p in zip(tested, holm([r["p_value"] for r in tested]), strict=True):
         r["p_holm"] = float(p)
         r["significant"] = bool(p < alpha)
         gain[r["row"], r["col"]] = r["gain_pct"]
