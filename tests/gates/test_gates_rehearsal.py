@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from aqnet.config import dump_config, variant_config
@@ -59,6 +60,50 @@ def variant(tiny_config: dict[str, Any], tiny_cache: Path, tmp_path_factory: Any
     return {"cfg": cfg, "ckpt": ckpt, "dir": vdir, "root": root}
 
 
+def test_a_split_too_short_for_any_test_fails_before_the_fine_tune(
+    variant: dict, tiny_cache: Path, tmp_path: Path
+) -> None:
+    cfg = copy.deepcopy(variant["cfg"])
+    cfg["gates"]["require_testable_split"] = True
+    report: dict[str, Any] = {}
+    kwargs = {
+        "cache_dir": tiny_cache,
+        "baseline_checkpoint": variant["ckpt"],
+        "variant_dirs": {"default": variant["dir"]},
+        "gates_dir": None,
+        "work_dir": tmp_path / "rehearsal",
+        "batches": 2,
+    }
+    with pytest.raises(StageFailure) as err:
+        rehearse_report(cfg, report=report, **kwargs)
+    message = str(err.value)
+    assert "the evaluation of the test split covers 1 forecast start day(s)" in message
+    assert "fewer than the 8 days of the 2 blocks of at least 4 d" in message
+    assert "every verdict INCONCLUSIVE" in message and "gates.require_testable_split" in message
+    assert report["evaluation_days"] == 1 and report["needed_days"] == 8
+    assert not (tmp_path / "rehearsal").exists()  # refused before anything was evaluated
+    cfg["gates"]["require_testable_split"] = False
+    line = rehearse_report(cfg, report=report, **kwargs)
+    assert line.startswith("the real evaluation covers 1 start days (a test needs 8)")
+
+
+def test_start_days_count_the_days_of_the_selected_start_times() -> None:
+    from aqnet.report.evaluate import select_items, start_days
+
+    t0 = np.datetime64("2018-01-01T00", "h")
+    infos = [
+        (2018, s, lead, t0 + np.timedelta64(s * 6 + lead, "h"))
+        for s in range(40)  # a start every 6 h: 10 days
+        for lead in (12, 24, 48, 96)
+    ]
+    items, _ = select_items(infos, n_items=None)
+    assert start_days(infos, items) == 10
+    items, starts = select_items(infos, n_items=3 * 4)  # 3 whole start times, spread evenly
+    assert [s for _, s in starts] == [0, 20, 39] and start_days(infos, items) == 3
+    items, _ = select_items(infos, n_items=4 * 4)  # starts 0, 13, 26, 39: days 0, 3, 6, 9
+    assert start_days(infos, items) == 4
+
+
 def test_the_report_is_built_from_validate_shorts_weights(
     variant: dict, tiny_cache: Path, tmp_path: Path
 ) -> None:
@@ -80,7 +125,7 @@ def test_the_report_is_built_from_validate_shorts_weights(
     )
     verdict = read_json(tmp_path / "rehearsal" / "report" / "verdict.json")
     assert verdict["variant"] == "default"
-    assert line.startswith("evaluate ran on validate_short's weights of 1 variant(s)")
+    assert "evaluate ran on validate_short's weights of 1 variant(s)" in line
     # The variant's own folder is untouched: the rehearsal writes only under work_dir.
     assert not (variant["dir"] / "evaluation.nc").exists()
 

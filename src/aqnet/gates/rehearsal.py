@@ -12,6 +12,13 @@ variants into a scratch folder. Any error either would raise fails the gate with
 ``finetune`` does not start.
 
 The numbers of the rehearsal mean nothing (a few steps, a few samples); only that it completes.
+
+One number is known exactly before the fine-tune: how many forecast start days the real
+evaluation will cover (``report.split``, ``report.eval_batches``;
+:func:`aqnet.report.evaluate.evaluated_start_days`). The calibrated test needs at least 2 blocks
+of at least the longest lead time (:mod:`aqnet.report.calibrated`); with fewer days every
+comparison would be NOT TESTABLE and every verdict INCONCLUSIVE, so with
+``gates.require_testable_split`` (the default) the gate fails then, before any GPU-hour is spent.
 """
 
 from __future__ import annotations
@@ -34,6 +41,31 @@ _ERRORS = (StageFailure, ValueError, KeyError, FileNotFoundError, OSError, Runti
 
 def _reason(exc: BaseException) -> str:
     return f"missing key {exc}" if isinstance(exc, KeyError) else f"{exc}"
+
+
+def _check_testable_split(
+    cfg: Mapping[str, Any], cache_dir: str | Path, report: dict[str, Any]
+) -> None:
+    """Fail when the real evaluation covers too few start days for any calibrated test."""
+    from aqnet.report.calibrated import min_block_days_for
+    from aqnet.report.evaluate import evaluated_start_days
+
+    rcfg = cfg["report"]
+    days = evaluated_start_days(cfg, cache_dir)
+    block = min_block_days_for(cfg["lead_times_h"], int(rcfg["block_hours"]))
+    report.update(evaluation_days=days, min_block_days=block, needed_days=2 * block)
+    if days < 2 * block and cfg["gates"]["require_testable_split"]:
+        batches = rcfg["eval_batches"]
+        raise StageFailure(
+            f"rehearse_report: the evaluation of the {rcfg['split']} split covers {days} forecast "
+            f"start day(s) (report.eval_batches {batches if batches is not None else 'null: all'}"
+            f" x report.eval_batch_size {rcfg['eval_batch_size']}), fewer than the {2 * block} "
+            f"days of the 2 blocks of at least {block} d (the longest lead time) that the "
+            "calibrated test needs: after the fine-tune every comparison would be NOT TESTABLE "
+            "and every verdict INCONCLUSIVE. Evaluate more days (report.eval_batches: null, or "
+            "a longer data.split of that year), or set gates.require_testable_split: false to "
+            "run without a verdict"
+        )
 
 
 def rehearse_report(
@@ -68,6 +100,7 @@ def rehearse_report(
     from aqnet.report.build import build_report
     from aqnet.report.evaluate import evaluate
 
+    _check_testable_split(cfg, cache_dir, report)
     work = Path(work_dir)
     if work.exists():
         shutil.rmtree(work)
@@ -122,6 +155,8 @@ def rehearse_report(
         ) from exc
     report["files"] = sorted(p.name for p in (work / "report").iterdir())
     return (
+        f"the real evaluation covers {report['evaluation_days']} start days (a test needs "
+        f"{report['needed_days']}); "
         f"evaluate ran on validate_short's weights of {len(items)} variant(s) "
         f"({', '.join(f'{n}: {k} items' for n, k in items.items())}) and the report was built "
         f"({len(report['files'])} files, verdict of {result['variant']!r}) in {work / 'report'}"

@@ -134,6 +134,38 @@ def select_items(
     return items, keys
 
 
+def evaluated_start_days(
+    cfg: Mapping[str, Any], cache_dir: str | Path, *, split: str | None = None
+) -> int:
+    """Calendar days (UTC) of the forecast start times :func:`evaluate` would take from ``split``
+    (default ``report.split``) with the config's ``report.eval_batches`` and
+    ``report.eval_batch_size``: the ``n`` of the daily loss differences of the calibrated tests.
+    Reads only the cache's time axis; no model runs."""
+    from aqnet.data import CacheDataset
+
+    rcfg = cfg["report"]
+    split = str(rcfg.get("split", "test")) if split is None else split
+    dataset = CacheDataset(
+        cache_dir, split, lead_times_h=tuple(int(h) for h in cfg["lead_times_h"])
+    )
+    infos = [dataset.sample_info(i) for i in range(len(dataset))]
+    batch_size = int(rcfg["eval_batch_size"])
+    n_items = None if rcfg["eval_batches"] is None else int(rcfg["eval_batches"]) * batch_size
+    items, _ = select_items(infos, n_items=n_items)
+    return start_days(infos, items)
+
+
+def start_days(infos: Sequence[tuple[int, int, float, Any]], items: Sequence[int]) -> int:
+    """Calendar days (UTC) of the start times (valid time - lead time) of ``items``."""
+    days = {
+        (np.datetime64(infos[i][3], "h") - np.timedelta64(int(infos[i][2]), "h")).astype(
+            "datetime64[D]"
+        )
+        for i in items
+    }
+    return len(days)
+
+
 def pollutant_units(meta: Mapping[str, Any], names: Sequence[str] = POLLUTANTS) -> list[str]:
     """Physical units of ``names``: ``meta["units"]`` of the cache, else the ``units``
     attributes of the source files ``meta["sources"]`` lists (read without loading data).
