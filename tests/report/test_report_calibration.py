@@ -14,10 +14,10 @@ from aqnet.report.calibrated import (
     batch_means_t,
     calibrated_test,
     daily_means,
-    holm,
     min_block_days_for,
     politis_white_block_length,
 )
+from aqnet.report.holm import holm, holm_where
 from aqnet.report.page import CSS, summary_html
 from aqnet.report.stats import paired_test
 
@@ -151,6 +151,9 @@ def test_holm_on_known_p_values():
     assert math.isnan(out[1]) and out[0] == pytest.approx(0.02) and out[2] == pytest.approx(0.02)
     with pytest.raises(ValueError, match=r"p-values must be in \[0, 1\]"):
         holm([1.5])
+    # only the tested entries form the family (a family of 2 here, not 3); the others get 1
+    np.testing.assert_allclose(holm_where([0.01, 1.0, 0.02], [True, False, True]), [0.02, 1, 0.02])
+    np.testing.assert_allclose(holm_where([0.3, 0.4], [False, False]), [1.0, 1.0])
 
 
 def _arm(ref: np.ndarray, gain: float, seed: int) -> np.ndarray:

@@ -50,7 +50,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from aqnet.report.calibrated import CalibratedTest, holm_tests
+from aqnet.report.calibrated import CalibratedTest
+from aqnet.report.holm import holm_tests
 from aqnet.report.seeds import SeedTest
 
 VERDICTS: tuple[str, ...] = (

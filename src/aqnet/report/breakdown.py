@@ -21,7 +21,8 @@ import pandas as pd
 import xarray as xr
 
 from aqnet.report.analysis import BASELINE, FINETUNED, min_block_days
-from aqnet.report.calibrated import calibrated_test, holm
+from aqnet.report.calibrated import calibrated_test
+from aqnet.report.holm import holm_where
 
 PUBLISHED_RMSE: dict[str, tuple[float, str]] = {"pm25": (9.71, "ug m-3")}
 """RMSE the study reports for the TopoFlow model, by pollutant (value, units)."""
@@ -157,12 +158,10 @@ def breakdown_tests(
                 published = PUBLISHED_RMSE.get(key)
                 row["published_rmse"] = published[0] if published else float("nan")
             family_rows.append(row)
-        # Holm within the family over the rows with a test; a row with fewer than 2 blocks
-        # cannot reject (p_holm 1) and does not widen the family
-        tested = [r for r in family_rows if r["testable"]]
-        for r in family_rows:
-            r["p_holm"], r["significant"] = 1.0, False
-        for r, p in zip(tested, holm([r["p_value"] for r in tested]), strict=True):
+        adjusted = holm_where(
+            [r["p_value"] for r in family_rows], [r["testable"] for r in family_rows]
+        )
+        for r, p in zip(family_rows, adjusted, strict=True):
             r["p_holm"] = float(p)
             r["significant"] = bool(p < alpha)
         rows.extend(family_rows)

@@ -213,7 +213,8 @@ class CalibratedTest:
     lag1_autocorrelation: float
     autocorrelation: tuple[float, ...]
     p_adjusted: float | None = None
-    """Holm-adjusted p-value within the family the test belongs to (set by :func:`holm_tests`)."""
+    """Holm-adjusted p-value within the family the test belongs to (set by
+    :func:`aqnet.report.holm.holm_tests`)."""
 
     @property
     def testable(self) -> bool:
@@ -227,8 +228,8 @@ class CalibratedTest:
         return (
             f"NOT TESTABLE: the {self.n_days} days make fewer than 2 blocks of "
             f"{self.block_days} d, and the test needs at least 2 (about {2 * self.block_days} "
-            "days, the block length "
-            "being chosen again from the data); its p = 1 is no evidence either way"
+            "days, the block length being chosen again from the data); its p = 1 is no evidence "
+            "either way"
         )
 
     @property
@@ -381,32 +382,6 @@ def calibrated_test(
         lag1_autocorrelation=float(acf[1]) if acf.size > 1 else 0.0,
         autocorrelation=tuple(float(a) for a in acf),
     )
-
-
-def holm(p_values: Sequence[float]) -> np.ndarray:
-    """Holm's step-down adjusted p-values (family-wise error control), in the input order.
-
-    ``p_adj(i) = max_{j <= rank(i)} min(1, (m - j + 1) p_(j))``; reject where ``p_adj < alpha``.
-    NaN entries are left out of the family and stay NaN.
-    """
-    p = np.asarray(p_values, dtype=np.float64)
-    out = np.full(p.shape, np.nan)
-    ok = np.flatnonzero(np.isfinite(p))
-    if ok.size == 0:
-        return out
-    if ((p[ok] < 0) | (p[ok] > 1)).any():
-        raise ValueError(f"p-values must be in [0, 1], got {p[ok].tolist()}")
-    order = ok[np.argsort(p[ok], kind="stable")]
-    m = order.size
-    adjusted = np.minimum(1.0, (m - np.arange(m)) * p[order])
-    out[order] = np.maximum.accumulate(adjusted)
-    return out
-
-
-def holm_tests(tests: Sequence[CalibratedTest]) -> list[CalibratedTest]:
-    """The tests of one family with their Holm-adjusted p-values set."""
-    adjusted = holm([t.p_value for t in tests])
-    return [t.with_adjusted(a) for t, a in zip(tests, adjusted, strict=True)]
 
 
 def min_block_days_for(lead_times_h: Sequence[int], min_block_hours: int) -> int:

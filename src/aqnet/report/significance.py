@@ -22,7 +22,7 @@ import xarray as xr
 
 from aqnet.report.analysis import BASELINE, FINETUNED, min_block_days
 from aqnet.report.breakdown import column_tests, per_sample_table
-from aqnet.report.calibrated import holm
+from aqnet.report.holm import holm_where
 
 CORRECTION = "Holm"
 """The multiple-testing correction across the tiles."""
@@ -125,15 +125,13 @@ def significance_map(
         )
     gain = np.full((ry, rx), np.nan)  # NaN: not tested (no data, or fewer than 2 blocks)
     significant = np.zeros((ry, rx), dtype=bool)
-    # Holm over the tiles with a test; a tile with fewer than 2 blocks cannot reject (p_holm 1)
-    tested = [r for r in records if r["testable"]]
-    for r in records:
-        r["p_holm"], r["significant"] = 1.0, False
-    for r, p in zip(tested, holm([r["p_value"] for r in tested]), strict=True):
+    adjusted = holm_where([r["p_value"] for r in records], [r["testable"] for r in records])
+    for r, p in zip(records, adjusted, strict=True):
         r["p_holm"] = float(p)
         r["significant"] = bool(p < alpha)
-        gain[r["row"], r["col"]] = r["gain_pct"]
-        significant[r["row"], r["col"]] = r["significant"]
+        if r["testable"]:
+            gain[r["row"], r["col"]] = r["gain_pct"]
+            significant[r["row"], r["col"]] = r["significant"]
     return SignificanceMap(
         table=pd.DataFrame(records),
         gain_pct=gain,
