@@ -148,11 +148,20 @@ def evaluated_start_days(
     dataset = CacheDataset(
         cache_dir, split, lead_times_h=tuple(int(h) for h in cfg["lead_times_h"])
     )
+    infos, items, _ = evaluation_items(dataset, rcfg)
+    return start_days(infos, items)
+
+
+def evaluation_items(
+    dataset: Any, rcfg: Mapping[str, Any]
+) -> tuple[list[tuple[int, int, float, Any]], list[int], list[tuple[int, int]]]:
+    """``(sample_info of every item, the items evaluated, their start times)`` of ``dataset``
+    under ``report.eval_batches`` x ``report.eval_batch_size`` (:func:`select_items`)."""
     infos = [dataset.sample_info(i) for i in range(len(dataset))]
     batch_size = int(rcfg["eval_batch_size"])
     n_items = None if rcfg["eval_batches"] is None else int(rcfg["eval_batches"]) * batch_size
-    items, _ = select_items(infos, n_items=n_items)
-    return start_days(infos, items)
+    items, starts = select_items(infos, n_items=n_items)
+    return infos, items, starts
 
 
 def start_days(infos: Sequence[tuple[int, int, float, Any]], items: Sequence[int]) -> int:
@@ -242,10 +251,8 @@ def evaluate(
     dataset = CacheDataset(
         cache_dir, split, lead_times_h=tuple(lead_times), in_variables=base.config.in_variables
     )
-    infos = [dataset.sample_info(i) for i in range(len(dataset))]
+    infos, items, starts = evaluation_items(dataset, rcfg)
     batch_size = int(rcfg["eval_batch_size"])
-    n_items = None if rcfg["eval_batches"] is None else int(rcfg["eval_batches"]) * batch_size
-    items, starts = select_items(infos, n_items=n_items)
     start_index = {key: s for s, key in enumerate(starts)}
     lead_index = {h: j for j, h in enumerate(lead_times)}
     loader = make_loader(
