@@ -296,7 +296,7 @@ def with_control_arm(config: Mapping[str, Any]) -> dict[str, Any]:
         out["variants"][control] = copy.deepcopy(CONTROL_OVERRIDES)
     if report.get("reversed_arm") and REVERSED_ARM not in out["variants"]:
         out["variants"][REVERSED_ARM] = copy.deepcopy(REVERSED_OVERRIDES)
-    for added in set(out["variants"]) - set(config.get("variants", {})):
+    for added in [n for n in out["variants"] if n not in config.get("variants", {})]:
         # the added arms meet the checks the user's variants met in validate_config
         _check_something_trains(variant_config(out, added), added)
     return out
