@@ -89,18 +89,17 @@ def loss_at_alphas(
     }
 
 
-def scan_checkpoint(
+def baseline_and_batch(
     cfg: Mapping[str, Any],
     cache_dir: str | Path,
     checkpoint: str | Path,
     *,
     split: str,
-    alphas: Sequence[float],
     samples: int,
-) -> dict[str, Any]:
-    """:func:`loss_at_alphas` of the pipeline model of ``cfg`` with the baseline ``checkpoint``'s
-    weights (the TopoFlow keys missing, as a fine-tune starts) on ``samples`` items spread evenly
-    over ``split`` of the cache."""
+) -> tuple[nn.Module, list[torch.Tensor]]:
+    """The pipeline model of ``cfg`` with the baseline ``checkpoint``'s weights (the TopoFlow keys
+    missing, as a fine-tune starts: every ``elevation_alpha`` 0) and one batch of ``samples``
+    items spread evenly over ``split`` of the cache (the DataLoader's five tensors)."""
     from aqnet.checkpoint import load_weights
     from aqnet.config import POLLUTANTS
     from aqnet.data import CacheDataset, load_stats
@@ -119,8 +118,21 @@ def scan_checkpoint(
     )
     idx = np.unique(np.linspace(0, len(ds) - 1, min(samples, len(ds))).astype(int))
     items = [ds[int(i)] for i in idx]
-    batch = [torch.stack([torch.as_tensor(it[k]) for it in items]) for k in range(5)]
-    return {"split": split, "n_samples": len(idx), **loss_at_alphas(model, batch, alphas)}
+    return model, [torch.stack([torch.as_tensor(it[k]) for it in items]) for k in range(5)]
+
+
+def scan_checkpoint(
+    cfg: Mapping[str, Any],
+    cache_dir: str | Path,
+    checkpoint: str | Path,
+    *,
+    split: str,
+    alphas: Sequence[float],
+    samples: int,
+) -> dict[str, Any]:
+    """:func:`loss_at_alphas` of the baseline of :func:`baseline_and_batch` on its batch."""
+    model, batch = baseline_and_batch(cfg, cache_dir, checkpoint, split=split, samples=samples)
+    return {"split": split, "n_samples": len(batch[0]), **loss_at_alphas(model, batch, alphas)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

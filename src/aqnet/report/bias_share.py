@@ -1,0 +1,222 @@
+"""How much of the TopoFlow bias can the baseline's own attention already express?
+
+The elevation bias adds ``-alpha * relu(s * (z_j - z_i))`` to the logit of query token ``i`` and
+key token ``j`` (``z = elevation / H_scale``; ``s`` is +1 for ``uphill``, -1 for ``downhill``,
+:mod:`aqnet.model.elevation_attention`). A softmax ignores whatever is the same along a row, so
+only the *row-centred* bias matters. When elevation is one of the model's input channels (the
+researchers' baseline takes it: ``config/reference.yaml``, ``in_variables``), one attention head
+can learn ``q_i . k_j = (a + b z_i) z_j`` from it: a *bilinear* form of the two elevations, two
+numbers of its query and one of its key. Two measures follow:
+
+* :func:`terrain_share` (the terrain alone): the fraction of the row-centred bias's variance, over
+  every token pair of the run's terrain, that the best bilinear form reproduces (``bilinear``), and
+  that a free slope per query reproduces (``per_query``, ``c_i z_j``: learnable by position on a
+  fixed terrain). ``1 - bilinear`` is the part of the bias that only TopoFlow can add. The
+  pattern does not depend on ``alpha`` while ``alpha * max(relu) <= 10`` (the clamp).
+* :func:`learned_alpha` (a trained baseline): each head's row-centred logits ``q k^T / sqrt(d)``
+  in a TopoFlow block, projected on the row-centred bias pattern of the same samples: ``gamma``,
+  the elevation bias the head already applies, in the units of ``elevation_alpha`` (``gamma > 0``
+  in the formula's direction), and ``r2``, the share of that head's logit variance the pattern
+  explains. A baseline whose heads carry a ``gamma`` well above a fine-tune's alpha was already
+  doing what the bias would add.
+
+Usage::
+
+    python -m aqnet.report.bias_share --config results/variants/default/config.yaml \\
+        --cache results/cache --checkpoint results/baseline/baseline.ckpt --split test
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from aqnet.model.elevation_attention import DIRECTIONS, TopoFlowAttention
+
+
+def token_elevations(elevation_m: np.ndarray, patch_size: int) -> np.ndarray:
+    """``(Hp * Wp,)`` each patch's mean elevation, as the forecaster forms its ``elevation_tokens``
+    (``F.avg_pool2d`` over the patches, row-major; :mod:`aqnet.model.forecaster`)."""
+    e = torch.as_tensor(np.asarray(elevation_m, dtype=np.float64))
+    if e.ndim != 2 or e.shape[0] % patch_size or e.shape[1] % patch_size:
+        raise ValueError(
+            f"bias_share: elevation of shape {tuple(e.shape)} is not a grid of whole "
+            f"{patch_size} x {patch_size} patches"
+        )
+    return F.avg_pool2d(e[None, None], patch_size).flatten().numpy()
+
+
+def _sign(direction: str) -> float:
+    if direction not in DIRECTIONS:
+        raise ValueError(
+            f"bias_share: direction must be one of {list(DIRECTIONS)}, got {direction!r}"
+        )
+    return DIRECTIONS[direction]
+
+
+def terrain_share(
+    z: np.ndarray, *, direction: str = "uphill", chunk: int = 1024
+) -> dict[str, float]:
+    """Shares of the row-centred bias ``relu(s (z_j - z_i))`` over all token pairs of ``z (N,)``.
+
+    Rows are formed ``chunk`` at a time (memory ``chunk x N``), so a paper-size grid (8192 tokens)
+    needs no ``N x N`` array.
+
+    Returns:
+        ``n_tokens``; ``bilinear`` and ``per_query``: the explained fractions described in the
+        module docstring (1 for a terrain of two levels, where ``relu(z_j - z_i) = z_j (1 - z_i)``
+        exactly); ``new = 1 - bilinear``. A flat terrain (no bias at all) raises ``ValueError``.
+    """
+    z = np.asarray(z, dtype=np.float64).ravel()
+    s = _sign(direction)
+    n = z.size
+    if n < 2 or float(np.ptp(z)) <= 0:
+        raise ValueError("bias_share: the terrain is flat, so the elevation bias is 0 everywhere")
+    zc = z - z.mean()
+    szz = float(zc @ zc)
+    total = 0.0
+    slope = np.empty(n)  # t_i: the best per-query slope of row i on the centred key elevations
+    for lo in range(0, n, chunk):
+        rows = np.maximum(s * (z[None, :] - z[lo : lo + chunk, None]), 0.0)  # (c, N)
+        mean = rows.mean(axis=1)
+        total += float((rows * rows).sum() - n * (mean * mean).sum())  # sum of centred squares
+        slope[lo : lo + chunk] = rows @ zc / szz
+    # Row i with slope c_i explains szz * (t_i^2 - (t_i - c_i)^2); c_i = t_i gives per_query, and
+    # c_i = a + b z_i fitted by least squares on the t_i gives the bilinear form.
+    per_query = szz * float(slope @ slope)
+    design = np.stack([np.ones(n), z], axis=1)
+    coef, *_ = np.linalg.lstsq(design, slope, rcond=None)
+    resid = slope - design @ coef
+    bilinear = per_query - szz * float(resid @ resid)
+    return {
+        "n_tokens": float(n),
+        "bilinear": bilinear / total,
+        "per_query": per_query / total,
+        "new": 1.0 - bilinear / total,
+    }
+
+
+def learned_alpha(model: nn.Module, batch: Sequence[torch.Tensor]) -> list[dict[str, Any]]:
+    """Each TopoFlow block's heads: the elevation bias their logits already carry.
+
+    Args:
+        model: a :class:`aqnet.model.Forecaster` (its TopoFlow blocks give the tokens and their
+            elevations in the order the block sees them, after the wind scan).
+        batch: ``(x, y, lead_time_h, elevation_m, mask)`` as the cache's DataLoader yields them.
+
+    Returns:
+        One entry per TopoFlow block: ``block`` (module name), ``direction``, ``alpha`` (its
+        ``elevation_alpha``), and per head ``gamma`` (the least-squares coefficient of the
+        row-centred logits on the row-centred ``-relu(s (z_j - z_i))``, summed over the batch) and
+        ``r2`` (the share of the row-centred logit variance it explains).
+    """
+    seen: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    handles = []
+
+    def keep(name: str):
+        def hook(_module: nn.Module, args: tuple, kwargs: dict) -> None:
+            seen[name] = (args[0].detach(), kwargs["elevation_m"].detach())
+
+        return hook
+
+    blocks = {n: m for n, m in model.named_modules() if isinstance(m, TopoFlowAttention)}
+    if not blocks:
+        raise ValueError("bias_share: the model has no TopoFlow block")
+    for name, module in blocks.items():
+        handles.append(module.register_forward_pre_hook(keep(name), with_kwargs=True))
+    x, _y, lead, elev, _mask = batch
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(x, lead, elev)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    out = []
+    with torch.no_grad():
+        for name, module in blocks.items():
+            tokens, elev_tokens = seen[name]
+            q, k, _v = module._split_heads(tokens)  # (B, h, N, hd)
+            logits = (q @ k.transpose(-1, -2)) * module.head_dim**-0.5
+            logits = logits - logits.mean(dim=-1, keepdim=True)
+            z = elev_tokens.to(logits.dtype) / module.H_scale.to(logits.dtype)  # (B, N)
+            s = module.direction_sign
+            pattern = -torch.relu(s * (z[:, None, :] - z[:, :, None]))  # (B, Nq, Nk)
+            pattern = (pattern - pattern.mean(dim=-1, keepdim=True))[:, None]  # (B, 1, N, N)
+            pp = float(pattern.square().sum())
+            lp = (logits * pattern).sum(dim=(0, 2, 3))  # (h,)
+            ll = logits.square().sum(dim=(0, 2, 3))
+            heads = [
+                {
+                    "gamma": float(lp[h]) / pp if pp > 0 else 0.0,
+                    "r2": float(lp[h] ** 2 / (pp * ll[h])) if pp > 0 and ll[h] > 0 else 0.0,
+                }
+                for h in range(module.num_heads)
+            ]
+            out.append(
+                {
+                    "block": name,
+                    "direction": module.elevation_bias_direction,
+                    "alpha": float(module.elevation_alpha.detach()),
+                    "heads": heads,
+                }
+            )
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import yaml
+
+    from aqnet.data import load_static, load_stats
+    from aqnet.model import from_pipeline_config
+    from aqnet.report.alpha_scan import baseline_and_batch
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", required=True, help="a resolved variant config.yaml")
+    parser.add_argument("--cache", required=True)
+    parser.add_argument(
+        "--checkpoint", help="a trained baseline: also measure the bias its heads already carry"
+    )
+    parser.add_argument("--split", default="test", choices=("train", "val", "test"))
+    parser.add_argument("--samples", type=int, default=16)
+    args = parser.parse_args(argv)
+    cfg = yaml.safe_load(Path(args.config).read_text())
+    mcfg = from_pipeline_config(cfg, stats=load_stats(args.cache))
+    elevation = load_static(args.cache)["elevation_m"]
+    z = token_elevations(elevation, mcfg.patch_size) / mcfg.h_scale_m
+    share = terrain_share(z, direction=mcfg.elevation_bias_direction)
+    print(
+        f"bias_share: {mcfg.elevation_bias_direction}, H_scale {mcfg.h_scale_m:g} m, "
+        f"{int(share['n_tokens'])} tokens: a bilinear form of the two elevations (one head's "
+        f"q . k from the elevation channel) reproduces {100 * share['bilinear']:.1f} % of the "
+        f"row-centred bias, a free slope per query {100 * share['per_query']:.1f} %; the part "
+        f"only TopoFlow adds: {100 * share['new']:.1f} %"
+    )
+    if args.checkpoint:
+        torch.manual_seed(0)
+        model, batch = baseline_and_batch(
+            cfg, args.cache, args.checkpoint, split=args.split, samples=args.samples
+        )
+        for blk in learned_alpha(model, batch):
+            heads = ", ".join(
+                f"head {i}: gamma {h['gamma']:+.3f} (r2 {h['r2']:.3f})"
+                for i, h in enumerate(blk["heads"])
+            )
+            print(
+                f"bias_share: {blk['block']} of {args.checkpoint} ({args.split}, {len(batch[0])} "
+                f"samples), the bias its logits already carry: {heads}"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

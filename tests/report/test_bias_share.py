@@ -1,0 +1,120 @@
+"""How much of the TopoFlow bias a baseline's attention can already express
+(aqnet.report.bias_share): the terrain's bilinear share and the bias a trained head's logits
+already carry."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from aqnet.model import Forecaster
+from aqnet.model.elevation_attention import TopoFlowAttention
+from aqnet.model.presets import tiny
+from aqnet.report.bias_share import learned_alpha, terrain_share, token_elevations
+
+
+def _brute_force(z: np.ndarray, sign: float) -> tuple[float, float]:
+    """``(bilinear, per_query)`` by least squares over the whole N x N row-centred matrix."""
+    b = np.maximum(sign * (z[None, :] - z[:, None]), 0.0)
+    bc = b - b.mean(axis=1, keepdims=True)
+    zc = z - z.mean()
+    total = float((bc * bc).sum())
+    bil = np.stack([np.outer(np.ones_like(z), zc).ravel(), np.outer(z, zc).ravel()], axis=1)
+    coef, *_ = np.linalg.lstsq(bil, bc.ravel(), rcond=None)
+    bilinear = 1.0 - float(((bil @ coef - bc.ravel()) ** 2).sum()) / total
+    slopes = bc @ zc / (zc @ zc)
+    per_query = 1.0 - float(((bc - slopes[:, None] * zc[None, :]) ** 2).sum()) / total
+    return bilinear, per_query
+
+
+@pytest.mark.parametrize("direction", ["uphill", "downhill"])
+def test_a_two_level_terrain_is_all_bilinear(direction):
+    """On two levels 0 and 1, relu(z_j - z_i) = z_j (1 - z_i): a bilinear form, nothing new."""
+    z = np.array([0.0, 1.0, 1.0, 0.0, 0.0, 1.0, 0.0])
+    share = terrain_share(z, direction=direction)
+    assert share["bilinear"] == pytest.approx(1.0, abs=1e-12)
+    assert share["per_query"] == pytest.approx(1.0, abs=1e-12)
+    assert share["new"] == pytest.approx(0.0, abs=1e-12) and share["n_tokens"] == 7
+
+
+@pytest.mark.parametrize("direction,sign", [("uphill", 1.0), ("downhill", -1.0)])
+def test_the_chunked_shares_equal_the_full_least_squares(direction, sign):
+    z = np.random.default_rng(3).gamma(0.7, 0.6, size=150)  # skewed, like lowlands and mountains
+    bilinear, per_query = _brute_force(z, sign)
+    for chunk in (7, 64, 1024):
+        share = terrain_share(z, direction=direction, chunk=chunk)
+        assert share["bilinear"] == pytest.approx(bilinear, rel=1e-10)
+        assert share["per_query"] == pytest.approx(per_query, rel=1e-10)
+    # a continuum of heights has a kink no bilinear form follows, and a free slope per query
+    # is at least as good as one linear in the query's height
+    assert 0.5 < bilinear < 0.999 and per_query >= bilinear
+
+
+def test_a_flat_terrain_and_a_wrong_direction_are_refused():
+    with pytest.raises(ValueError, match="terrain is flat"):
+        terrain_share(np.full(10, 0.3))
+    with pytest.raises(ValueError, match="direction must be one of"):
+        terrain_share(np.arange(4.0), direction="up")
+
+
+def test_token_elevations_are_the_forecasters_patch_means():
+    e = np.arange(4 * 6, dtype=float).reshape(4, 6)
+    assert token_elevations(e, 2).tolist() == [3.5, 5.5, 7.5, 15.5, 17.5, 19.5]
+    with pytest.raises(ValueError, match="whole 4 x 4 patches"):
+        token_elevations(e, 4)
+
+
+class _OneBlock(nn.Module):
+    """A TopoFlow attention called as a forecaster is: ``(tokens, lead, elevation)``."""
+
+    def __init__(self, attn: TopoFlowAttention) -> None:
+        super().__init__()
+        self.attn = attn
+
+    def forward(self, x, _lead, elevation_m):
+        return self.attn(x, elevation_m=elevation_m)
+
+
+@pytest.mark.parametrize("gain", [0.7, -0.4])
+def test_learned_alpha_recovers_a_head_that_applies_the_bias(gain):
+    """Head 0's logits are built to be gain * -relu(z_j - z_i) on a two-level terrain (exactly
+    bilinear there); head 1 is silent: gamma = gain with r2 1, and 0."""
+    attn = TopoFlowAttention(dim=8, num_heads=2, name="blocks.0.attn", h_scale_m=1000.0)
+    hd = attn.head_dim
+    with torch.no_grad():
+        attn.qkv.weight.zero_()
+        attn.qkv.bias.zero_()
+        # token channels: 0 = 1 - z_i (query side), 1 = z_j (key side)
+        a = abs(gain) ** 0.5 * hd**0.25  # q . k * hd^-0.5 = gain * -(1 - z_i) z_j
+        attn.qkv.weight[0, 0] = a  # q, head 0, dim 0
+        attn.qkv.weight[8, 1] = -a if gain > 0 else a  # k, head 0, dim 0
+    z = torch.tensor([[0.0, 1.0, 1.0, 0.0, 1.0, 0.0], [1.0, 0.0, 0.0, 0.0, 1.0, 1.0]])
+    x = torch.zeros(2, 6, 8)
+    x[..., 0], x[..., 1] = 1.0 - z, z
+    out = learned_alpha(_OneBlock(attn), [x, None, None, z * 1000.0, None])
+    assert [b["block"] for b in out] == ["attn"] and out[0]["direction"] == "uphill"
+    head0, head1 = out[0]["heads"]
+    assert head0["gamma"] == pytest.approx(gain, rel=1e-5)
+    assert head0["r2"] == pytest.approx(1.0, rel=1e-5)
+    assert head1 == {"gamma": 0.0, "r2": 0.0}
+
+
+def test_learned_alpha_on_a_forecaster_reports_every_topoflow_head():
+    torch.manual_seed(0)
+    model = Forecaster(tiny(img_size=(16, 32), topoflow_blocks=(0, 1))).train()
+    x = torch.randn(2, 15, 16, 32)
+    elev = torch.linspace(0.0, 2000.0, 32).expand(2, 16, 32).clone()
+    out = learned_alpha(model, [x, None, torch.tensor([12.0, 96.0]), elev, None])
+    assert [b["block"] for b in out] == ["blocks.0.attn", "blocks.1.attn"]
+    assert all(len(b["heads"]) == 4 and b["alpha"] == 0.0 for b in out)
+    assert all(0.0 <= h["r2"] <= 1.0 for b in out for h in b["heads"])
+    assert model.training  # measured in eval mode, then put back
+
+
+def test_a_model_without_topoflow_is_refused():
+    model = Forecaster(tiny(img_size=(16, 32), topoflow_blocks=()))
+    with pytest.raises(ValueError, match="no TopoFlow block"):
+        learned_alpha(model, [torch.randn(1, 15, 16, 32), None, torch.tensor([12.0]),
+                              torch.zeros(1, 16, 32), None])  # fmt: skip
