@@ -24,8 +24,10 @@ import yaml
 
 from aqnet.cli import main
 from aqnet.config import POLLUTANTS, dump_config, load_resolved, variant_config
+from aqnet.data import load_static
 from aqnet.provenance import gate_digest
 from aqnet.report.attribution import VERDICTS
+from aqnet.report.bias_share import terrain_share, token_elevations
 from aqnet.report.build import OUTPUTS
 from aqnet.report.evaluate import evaluate
 from aqnet.report.evaluation_file import open_evaluation
@@ -284,7 +286,7 @@ def report_run(setup, evaluations) -> dict[str, Any]:
     return {"rc": rc, "stdout": text, "out": out}
 
 
-def test_report_builds_every_file(report_run):
+def test_report_builds_every_file(setup, report_run):
     assert report_run["rc"] == 0, report_run["stdout"]
     out = report_run["out"]
     for name in OUTPUTS.values():
@@ -340,6 +342,14 @@ def test_report_builds_every_file(report_run):
     assert len(table) == 30 and set(table.pollutant) == set(POLLUTANTS)
     variants = pd.read_csv(out / "variants.csv")
     assert variants.variant.tolist() == ["default", "alpha0"]
+    # what the bias can add on this terrain: the primary variant's bias on the cache's terrain
+    share = result["bias_share"]
+    assert share["direction"] == "uphill" and share["h_scale_m"] == 1000.0
+    elevation = load_static(setup["cache"])["elevation_m"]
+    z = token_elevations(elevation, 2) / 1000.0
+    assert share["n_tokens"] == z.size
+    assert share["bilinear"] == pytest.approx(terrain_share(z)["bilinear"], rel=1e-9)
+    assert f"reproduces {100 * share['bilinear']:.1f} % of the row-centred bias" in md
 
 
 def test_report_fails_readably(setup, tmp_path):

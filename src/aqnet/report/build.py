@@ -147,6 +147,31 @@ def baseline_val_loss(cfg: Mapping[str, Any], primary: VariantResults) -> tuple[
     )
 
 
+def bias_share_of(
+    config: Mapping[str, Any] | None, cache_dir: str | Path, elevation_m: np.ndarray
+) -> dict[str, Any] | None:
+    """:func:`aqnet.report.bias_share.terrain_share` of the primary variant's bias on the cache's
+    terrain, with its ``direction`` and ``h_scale_m``; ``None`` when the variant's config is not
+    stored or it has no elevation bias."""
+    from aqnet.data import load_stats
+    from aqnet.model import from_pipeline_config
+    from aqnet.report.bias_share import terrain_share, token_elevations
+
+    if not config:
+        return None
+    mcfg = from_pipeline_config(config, stats=load_stats(cache_dir))
+    if not mcfg.elevation_bias or not mcfg.topoflow_blocks:
+        return None
+    z = token_elevations(elevation_m, mcfg.patch_size) / mcfg.h_scale_m
+    share = terrain_share(z, direction=mcfg.elevation_bias_direction)
+    return {
+        "direction": mcfg.elevation_bias_direction,
+        "h_scale_m": mcfg.h_scale_m,
+        **share,
+        "n_tokens": int(share["n_tokens"]),
+    }
+
+
 def build_report(
     cfg: Mapping[str, Any],
     *,
@@ -244,6 +269,7 @@ def build_report(
 
     static = load_static(cache_dir)
     elevation_m = np.asarray(static["elevation_m"], dtype=np.float64)
+    bias_terrain = bias_share_of(main.config, cache_dir, elevation_m)
     ev = main.evaluation
     lat, lon = ev["lat"].values, ev["lon"].values
     region_cells = [int(c) for c in np.atleast_1d(ev.attrs["region_cells"])]
@@ -345,6 +371,7 @@ def build_report(
             {k: (_finite(v) if isinstance(v, float) else v) for k, v in row.items()}
             for row in usage
         ],
+        "bias_share": bias_terrain,
         "gain_by_elevation": bands.to_dict(orient="records"),
         "gain_by_terrain": terrain.to_dict(orient="records"),
         "top_regions": regions.head(5).to_dict(orient="records"),

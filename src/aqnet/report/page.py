@@ -156,6 +156,21 @@ def summary_blocks(
         f"{result['baseline_val_loss']:.4f} ({result['baseline_val_loss_source']})."
     )
     blocks.append(("p", text))
+    share = result.get("bias_share")
+    if share:
+        blocks.append(
+            (
+                "p",
+                f"What the bias can add on this terrain ({share['direction']}, H_scale "
+                f"{share['h_scale_m']:g} m, {share['n_tokens']} tokens; aqnet.report.bias_share): "
+                f"a bilinear form of the two tokens' elevations, which one head of the "
+                f"baseline's attention can learn from its elevation input channel, reproduces "
+                f"{100 * share['bilinear']:.1f} % of the row-centred bias (the part a softmax "
+                f"sees); {100 * share['new']:.1f} % is new. A gain over the control has to come "
+                f"from that part, or from the bias learning the rest faster than the control's "
+                f"weights do.",
+            )
+        )
     if not breakdown.empty:
         ref = result["control"] or "baseline"
         blocks.append(("h2", f"By lead time and pollutant ({tag} vs {ref}, {result['split']})"))
