@@ -1,5 +1,5 @@
 """The loss of fixed weights at fixed elevation_alpha: the diagnostic behind the demo's
-known-answer numbers (README, "What the demo shows")."""
+known-answer numbers (docs/known_answer.md)."""
 
 from __future__ import annotations
 
