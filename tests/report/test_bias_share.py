@@ -111,6 +111,11 @@ def test_learned_alpha_on_a_forecaster_reports_every_topoflow_head():
     assert all(len(b["heads"]) == 4 and b["alpha"] == 0.0 for b in out)
     assert all(0.0 <= h["r2"] <= 1.0 for b in out for h in b["heads"])
     assert model.training  # measured in eval mode, then put back
+    chunked = learned_alpha(model, [x, None, torch.tensor([12.0, 96.0]), elev, None], chunk=5)
+    for whole, parts in zip(out, chunked, strict=True):
+        for h_whole, h_parts in zip(whole["heads"], parts["heads"], strict=True):
+            assert h_parts["gamma"] == pytest.approx(h_whole["gamma"], rel=1e-6, abs=1e-12)
+            assert h_parts["r2"] == pytest.approx(h_whole["r2"], rel=1e-6, abs=1e-15)
 
 
 def test_a_model_without_topoflow_is_refused():

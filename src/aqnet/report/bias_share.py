@@ -103,13 +103,16 @@ def terrain_share(
     }
 
 
-def learned_alpha(model: nn.Module, batch: Sequence[torch.Tensor]) -> list[dict[str, Any]]:
+def learned_alpha(
+    model: nn.Module, batch: Sequence[torch.Tensor], *, chunk: int = 1024
+) -> list[dict[str, Any]]:
     """Each TopoFlow block's heads: the elevation bias their logits already carry.
 
     Args:
         model: a :class:`aqnet.model.Forecaster` (its TopoFlow blocks give the tokens and their
             elevations in the order the block sees them, after the wind scan).
         batch: ``(x, y, lead_time_h, elevation_m, mask)`` as the cache's DataLoader yields them.
+        chunk: queries per step of the projection (memory ``heads x chunk x N`` per sample).
 
     Returns:
         One entry per TopoFlow block: ``block`` (module name), ``direction``, ``alpha`` (its
@@ -146,21 +149,28 @@ def learned_alpha(model: nn.Module, batch: Sequence[torch.Tensor]) -> list[dict[
         for name, module in blocks.items():
             tokens, elev_tokens = seen[name]
             q, k, _v = module._split_heads(tokens)  # (B, h, N, hd)
-            logits = (q @ k.transpose(-1, -2)) * module.head_dim**-0.5
-            logits = logits - logits.mean(dim=-1, keepdim=True)
-            z = elev_tokens.to(logits.dtype) / module.H_scale.to(logits.dtype)  # (B, N)
+            z = elev_tokens.double() / float(module.H_scale)  # (B, N)
             s = module.direction_sign
-            pattern = -torch.relu(s * (z[:, None, :] - z[:, :, None]))  # (B, Nq, Nk)
-            pattern = (pattern - pattern.mean(dim=-1, keepdim=True))[:, None]  # (B, 1, N, N)
-            pp = float(pattern.square().sum())
-            lp = (logits * pattern).sum(dim=(0, 2, 3))  # (h,)
-            ll = logits.square().sum(dim=(0, 2, 3))
+            heads_n = module.num_heads
+            pp = 0.0
+            lp = torch.zeros(heads_n, dtype=torch.float64)
+            ll = torch.zeros(heads_n, dtype=torch.float64)
+            for b in range(q.shape[0]):  # one sample and `chunk` queries at a time
+                for lo in range(0, q.shape[2], chunk):
+                    logits = (q[b, :, lo : lo + chunk] @ k[b].transpose(-1, -2)).double()
+                    logits = logits * module.head_dim**-0.5  # (h, c, N)
+                    logits = logits - logits.mean(dim=-1, keepdim=True)
+                    pattern = -torch.relu(s * (z[b, None, :] - z[b, lo : lo + chunk, None]))
+                    pattern = pattern - pattern.mean(dim=-1, keepdim=True)  # (c, N)
+                    pp += float(pattern.square().sum())
+                    lp += (logits * pattern).sum(dim=(1, 2))
+                    ll += logits.square().sum(dim=(1, 2))
             heads = [
                 {
                     "gamma": float(lp[h]) / pp if pp > 0 else 0.0,
                     "r2": float(lp[h] ** 2 / (pp * ll[h])) if pp > 0 and ll[h] > 0 else 0.0,
                 }
-                for h in range(module.num_heads)
+                for h in range(heads_n)
             ]
             out.append(
                 {
