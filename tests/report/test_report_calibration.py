@@ -321,6 +321,22 @@ def test_judge_variants_applies_holm_and_leaves_the_control_out(losses):
     assert "Holm-adjusted p" in out["topoflow"].vs_control.describe()
 
 
+def test_an_untestable_variant_stays_out_of_the_family_across_variants(losses):
+    """A variant whose test against the baseline cannot be run (7 days, one block) gets Holm
+    p = 1 and leaves the others' adjustment as if it were not there."""
+    names = ["control", "same_as_control", "topoflow"]
+    vs_b = {n: _tests(losses, n)[0] for n in names}
+    vs_c = {n: _tests(losses, n)[1] for n in names if n != "control"}
+    vs_b["short"] = _seven_days_vs_baseline(losses)
+    assert not vs_b["short"].testable
+    out = judge_variants(vs_b, vs_c, control="control", threshold=None)
+    assert out["short"].verdict == "INCONCLUSIVE"  # no control test, and no baseline test either
+    assert out["short"].vs_baseline.p_adjusted == 1.0
+    family = holm([vs_b[n].p_value for n in names])  # the three testable ones only
+    assert out["topoflow"].vs_baseline.p_adjusted == pytest.approx(family[2])
+    assert out["same_as_control"].vs_baseline.p_adjusted == pytest.approx(family[1])
+
+
 def _evaluation(mse: np.ndarray, region_mse: np.ndarray | None = None) -> object:
     from aqnet.config import POLLUTANTS
     from aqnet.report.evaluation_file import evaluation_dataset

@@ -39,8 +39,10 @@ def holm(p_values: Sequence[float]) -> np.ndarray:
 
 
 def holm_tests(tests: Sequence[CalibratedTest]) -> list[CalibratedTest]:
-    """The tests of one family with their Holm-adjusted p-values set."""
-    adjusted = holm([t.p_value for t in tests])
+    """The tests of one family with their Holm-adjusted p-values set; a test that could not be
+    run (``testable`` false: fewer than 2 blocks) gets 1 and does not widen the family, as in
+    :func:`holm_where`."""
+    adjusted = holm_where([t.p_value for t in tests], [t.testable for t in tests])
     return [t.with_adjusted(a) for t, a in zip(tests, adjusted, strict=True)]
 
 
