@@ -152,7 +152,7 @@ def bias_share_of(
 ) -> dict[str, Any] | None:
     """:func:`aqnet.report.bias_share.terrain_share` of the primary variant's bias on the cache's
     terrain, with its ``direction`` and ``h_scale_m``; ``None`` when the variant's config is not
-    stored or it has no elevation bias."""
+    stored, it has no elevation bias, or every token lies at one height (no bias to share)."""
     from aqnet.data import load_stats
     from aqnet.model import from_pipeline_config
     from aqnet.report.bias_share import terrain_share, token_elevations
@@ -163,6 +163,8 @@ def bias_share_of(
     if not mcfg.elevation_bias or not mcfg.topoflow_blocks:
         return None
     z = token_elevations(elevation_m, mcfg.patch_size) / mcfg.h_scale_m
+    if float(np.ptp(z)) <= 0:
+        return None
     share = terrain_share(z, direction=mcfg.elevation_bias_direction)
     return {
         "direction": mcfg.elevation_bias_direction,
