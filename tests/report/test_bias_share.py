@@ -123,3 +123,15 @@ def test_a_model_without_topoflow_is_refused():
     with pytest.raises(ValueError, match="no TopoFlow block"):
         learned_alpha(model, [torch.randn(1, 15, 16, 32), None, torch.tensor([12.0]),
                               torch.zeros(1, 16, 32), None])  # fmt: skip
+
+
+def test_the_summary_sentence_says_how_the_baseline_can_learn_the_bilinear_part():
+    from aqnet.report.page import bias_share_text
+
+    share = {"direction": "uphill", "h_scale_m": 1000.0, "n_tokens": 128, "bilinear": 0.9624,
+             "new": 0.0376, "elevation_input": True}  # fmt: skip
+    text = bias_share_text(share)
+    assert "reproduces 96.2 % of the row-centred bias" in text and "3.8 % is new" in text
+    assert "from its elevation input channel" in text
+    no_channel = bias_share_text({**share, "elevation_input": False})
+    assert "by position only (elevation is not one of its input channels)" in no_channel

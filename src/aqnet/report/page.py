@@ -113,6 +113,25 @@ def rmse_html(rmse: pd.DataFrame, tag: str) -> str:
     return _RMSE.render(css=markupsafe.Markup(CSS), tag=tag, table=html_table(rmse))
 
 
+def bias_share_text(share: Mapping[str, Any]) -> str:
+    """The summary's sentence on what the bias can add on the run's terrain (``bias_share`` of
+    ``verdict.json``, :func:`aqnet.report.build.bias_share_of`)."""
+    how = (
+        "which one head of the baseline's attention can learn from its elevation input channel"
+        if share.get("elevation_input", True)
+        else "which the baseline's attention can learn by position only (elevation is not one "
+        "of its input channels)"
+    )
+    return (
+        f"What the bias can add on this terrain ({share['direction']}, H_scale "
+        f"{share['h_scale_m']:g} m, {share['n_tokens']} tokens; aqnet.report.bias_share): a "
+        f"bilinear form of the two tokens' elevations, {how}, reproduces "
+        f"{100 * share['bilinear']:.1f} % of the row-centred bias (the part a softmax sees); "
+        f"{100 * share['new']:.1f} % is new. A gain over the control has to come from that part, "
+        f"or from the bias learning the rest faster than the control's weights do."
+    )
+
+
 def summary_blocks(
     result: Mapping[str, Any],
     rmse: pd.DataFrame,
@@ -156,21 +175,8 @@ def summary_blocks(
         f"{result['baseline_val_loss']:.4f} ({result['baseline_val_loss_source']})."
     )
     blocks.append(("p", text))
-    share = result.get("bias_share")
-    if share:
-        blocks.append(
-            (
-                "p",
-                f"What the bias can add on this terrain ({share['direction']}, H_scale "
-                f"{share['h_scale_m']:g} m, {share['n_tokens']} tokens; aqnet.report.bias_share): "
-                f"a bilinear form of the two tokens' elevations, which one head of the "
-                f"baseline's attention can learn from its elevation input channel, reproduces "
-                f"{100 * share['bilinear']:.1f} % of the row-centred bias (the part a softmax "
-                f"sees); {100 * share['new']:.1f} % is new. A gain over the control has to come "
-                f"from that part, or from the bias learning the rest faster than the control's "
-                f"weights do.",
-            )
-        )
+    if result.get("bias_share"):
+        blocks.append(("p", bias_share_text(result["bias_share"])))
     if not breakdown.empty:
         ref = result["control"] or "baseline"
         blocks.append(("h2", f"By lead time and pollutant ({tag} vs {ref}, {result['split']})"))
