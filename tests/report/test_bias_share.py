@@ -37,6 +37,7 @@ def test_a_two_level_terrain_is_all_bilinear(direction):
     assert share["bilinear"] == pytest.approx(1.0, abs=1e-12)
     assert share["per_query"] == pytest.approx(1.0, abs=1e-12)
     assert share["new"] == pytest.approx(0.0, abs=1e-12) and share["n_tokens"] == 7
+    assert share["new"] >= 0.0 and 0.0 < share["key_only"] < share["bilinear"]
 
 
 @pytest.mark.parametrize("direction,sign", [("uphill", 1.0), ("downhill", -1.0)])
@@ -77,24 +78,32 @@ class _OneBlock(nn.Module):
         return self.attn(x, elevation_m=elevation_m)
 
 
+@pytest.mark.parametrize("direction", ["uphill", "downhill"])
 @pytest.mark.parametrize("gain", [0.7, -0.4])
-def test_learned_alpha_recovers_a_head_that_applies_the_bias(gain):
-    """Head 0's logits are built to be gain * -relu(z_j - z_i) on a two-level terrain (exactly
-    bilinear there); head 1 is silent: gamma = gain with r2 1, and 0."""
-    attn = TopoFlowAttention(dim=8, num_heads=2, name="blocks.0.attn", h_scale_m=1000.0)
+def test_learned_alpha_recovers_a_head_that_applies_the_bias(gain, direction):
+    """Head 0's logits are built to be gain times the bias pattern on a two-level terrain
+    (exactly bilinear there: uphill -(1 - z_i) z_j, downhill -z_i (1 - z_j)); head 1 is silent:
+    gamma = gain with r2 1, and 0."""
+    attn = TopoFlowAttention(
+        dim=8, num_heads=2, name="blocks.0.attn", h_scale_m=1000.0,
+        elevation_bias_direction=direction,
+    )  # fmt: skip
     hd = attn.head_dim
     with torch.no_grad():
         attn.qkv.weight.zero_()
         attn.qkv.bias.zero_()
-        # token channels: 0 = 1 - z_i (query side), 1 = z_j (key side)
-        a = abs(gain) ** 0.5 * hd**0.25  # q . k * hd^-0.5 = gain * -(1 - z_i) z_j
+        # token channels: 0 = the query-side factor, 1 = the key-side factor
+        a = abs(gain) ** 0.5 * hd**0.25  # q . k * hd^-0.5 = gain * -(query factor)(key factor)
         attn.qkv.weight[0, 0] = a  # q, head 0, dim 0
         attn.qkv.weight[8, 1] = -a if gain > 0 else a  # k, head 0, dim 0
     z = torch.tensor([[0.0, 1.0, 1.0, 0.0, 1.0, 0.0], [1.0, 0.0, 0.0, 0.0, 1.0, 1.0]])
     x = torch.zeros(2, 6, 8)
-    x[..., 0], x[..., 1] = 1.0 - z, z
+    if direction == "uphill":
+        x[..., 0], x[..., 1] = 1.0 - z, z
+    else:
+        x[..., 0], x[..., 1] = z, 1.0 - z
     out = learned_alpha(_OneBlock(attn), [x, None, None, z * 1000.0, None])
-    assert [b["block"] for b in out] == ["attn"] and out[0]["direction"] == "uphill"
+    assert [b["block"] for b in out] == ["attn"] and out[0]["direction"] == direction
     head0, head1 = out[0]["heads"]
     assert head0["gamma"] == pytest.approx(gain, rel=1e-5)
     assert head0["r2"] == pytest.approx(1.0, rel=1e-5)
@@ -118,6 +127,33 @@ def test_learned_alpha_on_a_forecaster_reports_every_topoflow_head():
             assert h_parts["r2"] == pytest.approx(h_whole["r2"], rel=1e-6, abs=1e-15)
 
 
+def test_learned_alpha_follows_the_tokens_through_the_wind_scan():
+    """With no position embedding, the regional wind scan only permutes block 0's tokens and
+    their elevations together: every head's gamma and r2 are those of the unscanned model."""
+    torch.manual_seed(0)
+    scanned = Forecaster(tiny(img_size=(16, 32), wind_scan="regional"))
+    plain = Forecaster(tiny(img_size=(16, 32), wind_scan="off"))
+    missing, unexpected = plain.load_state_dict(scanned.state_dict(), strict=False)
+    assert not missing
+    with torch.no_grad():
+        for p in scanned.parameters():
+            if not p.any():
+                p.normal_(0.0, 0.2)  # zero-initialised weights drawn, as a trained model has
+        plain.load_state_dict(scanned.state_dict(), strict=False)
+        scanned.pos_embed.zero_()
+        plain.pos_embed.zero_()
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 15, 16, 32, generator=g)
+    elev = torch.rand(2, 16, 32, generator=g) * 2000.0
+    batch = [x, None, torch.tensor([12.0, 96.0]), elev, None]
+    assert scanned.wind_scan.permutation(x) is not None  # the scan does reorder the tokens
+    out_s, out_p = learned_alpha(scanned, batch), learned_alpha(plain, batch)
+    for h_s, h_p in zip(out_s[0]["heads"], out_p[0]["heads"], strict=True):
+        assert h_s["gamma"] == pytest.approx(h_p["gamma"], rel=1e-5, abs=1e-9)
+        assert h_s["r2"] == pytest.approx(h_p["r2"], rel=1e-5, abs=1e-12)
+    assert any(abs(h["gamma"]) > 1e-4 for h in out_s[0]["heads"])
+
+
 def test_a_model_without_topoflow_is_refused():
     model = Forecaster(tiny(img_size=(16, 32), topoflow_blocks=()))
     with pytest.raises(ValueError, match="no TopoFlow block"):
@@ -125,13 +161,12 @@ def test_a_model_without_topoflow_is_refused():
                               torch.zeros(1, 16, 32), None])  # fmt: skip
 
 
-def test_the_summary_sentence_says_how_the_baseline_can_learn_the_bilinear_part():
+def test_the_summary_sentence_quotes_the_shares():
     from aqnet.report.page import bias_share_text
 
     share = {"direction": "uphill", "h_scale_m": 1000.0, "n_tokens": 128, "bilinear": 0.9624,
-             "new": 0.0376, "elevation_input": True}  # fmt: skip
+             "key_only": 0.7949, "per_query": 0.9662, "new": 0.0376}  # fmt: skip
     text = bias_share_text(share)
-    assert "reproduces 96.2 % of the row-centred bias" in text and "3.8 % is new" in text
-    assert "from its elevation input channel" in text
-    no_channel = bias_share_text({**share, "elevation_input": False})
-    assert "by position only (elevation is not one of its input channels)" in no_channel
+    assert "(uphill, H_scale 1000 m, 128 tokens;" in text
+    assert "reproduces 96.2 % of the row-centred bias" in text
+    assert "79.5 % with no query elevation at all" in text and "3.8 % (the relu's kink)" in text

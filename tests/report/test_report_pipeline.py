@@ -345,11 +345,11 @@ def test_report_builds_every_file(setup, report_run):
     # what the bias can add on this terrain: the primary variant's bias on the cache's terrain
     share = result["bias_share"]
     assert share["direction"] == "uphill" and share["h_scale_m"] == 1000.0
-    assert share["elevation_input"] is True  # the pipeline model takes elevation as a channel
     elevation = load_static(setup["cache"])["elevation_m"]
     z = token_elevations(elevation, 2) / 1000.0
     assert share["n_tokens"] == z.size
     assert share["bilinear"] == pytest.approx(terrain_share(z)["bilinear"], rel=1e-9)
+    assert 0.0 < share["key_only"] <= share["bilinear"] <= share["per_query"] <= 1.0
     assert f"reproduces {100 * share['bilinear']:.1f} % of the row-centred bias" in md
 
 

@@ -169,7 +169,6 @@ def bias_share_of(
     return {
         "direction": mcfg.elevation_bias_direction,
         "h_scale_m": mcfg.h_scale_m,
-        "elevation_input": "elevation" in mcfg.in_variables,
         **share,
         "n_tokens": int(share["n_tokens"]),
     }

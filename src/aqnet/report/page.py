@@ -116,19 +116,16 @@ def rmse_html(rmse: pd.DataFrame, tag: str) -> str:
 def bias_share_text(share: Mapping[str, Any]) -> str:
     """The summary's sentence on what the bias can add on the run's terrain (``bias_share`` of
     ``verdict.json``, :func:`aqnet.report.build.bias_share_of`)."""
-    how = (
-        "which one head of the baseline's attention can learn from its elevation input channel"
-        if share.get("elevation_input", True)
-        else "which the baseline's attention can learn by position only (elevation is not one "
-        "of its input channels)"
-    )
     return (
         f"What the bias can add on this terrain ({share['direction']}, H_scale "
         f"{share['h_scale_m']:g} m, {share['n_tokens']} tokens; aqnet.report.bias_share): a "
-        f"bilinear form of the two tokens' elevations, {how}, reproduces "
-        f"{100 * share['bilinear']:.1f} % of the row-centred bias (the part a softmax sees); "
-        f"{100 * share['new']:.1f} % is new. A gain over the control has to come from that part, "
-        f"or from the bias learning the rest faster than the control's weights do."
+        f"bilinear form of the two tokens' elevations, which a head of the baseline that reads "
+        f"its elevation input channel linearly could form, reproduces "
+        f"{100 * share['bilinear']:.1f} % of the row-centred bias (the part a softmax sees), "
+        f"{100 * share['key_only']:.1f} % with no query elevation at all ('prefer lower keys'); "
+        f"{100 * share['new']:.1f} % (the relu's kink) no such head forms. The smaller that "
+        f"part, the more a gain over the control rests on the bias learning what the control's "
+        f"weights could also learn, only faster."
     )
 
 
