@@ -27,8 +27,8 @@ from aqnet.config import POLLUTANTS, dump_config, load_resolved, variant_config
 from aqnet.data import load_static
 from aqnet.provenance import gate_digest
 from aqnet.report.attribution import VERDICTS
-from aqnet.report.bias_share import terrain_share, token_elevations
-from aqnet.report.build import OUTPUTS, bias_share_of
+from aqnet.report.bias_share import config_share, terrain_share, token_elevations
+from aqnet.report.build import OUTPUTS
 from aqnet.report.evaluate import evaluate
 from aqnet.report.evaluation_file import open_evaluation
 from aqnet.report.render_check import RenderResult, _problems, check_report, find_chromium
@@ -355,13 +355,13 @@ def test_report_builds_every_file(setup, report_run):
 
 def test_the_bias_share_is_left_out_where_there_is_no_bias(setup):
     elevation = load_static(setup["cache"])["elevation_m"]
-    share = bias_share_of(setup["cfg"], setup["cache"], elevation)
+    share = config_share(setup["cfg"], setup["cache"], elevation)
     assert share is not None and 0.0 < share["bilinear"] <= 1.0
-    assert bias_share_of(setup["cfg"], setup["cache"], np.full_like(elevation, 300.0)) is None
+    assert config_share(setup["cfg"], setup["cache"], np.full_like(elevation, 300.0)) is None
     off = copy.deepcopy(setup["cfg"])
     off["model"]["elevation_bias"] = False
-    assert bias_share_of(off, setup["cache"], elevation) is None
-    assert bias_share_of(None, setup["cache"], elevation) is None
+    assert config_share(off, setup["cache"], elevation) is None
+    assert config_share(None, setup["cache"], elevation) is None
 
 
 def test_report_fails_readably(setup, tmp_path):

@@ -33,7 +33,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +113,33 @@ def terrain_share(
         "key_only": frac(key_only),
         "per_query": frac(per_query),
         "new": 1.0 - frac(bilinear),
+    }
+
+
+def config_share(
+    config: Mapping[str, Any] | None, cache_dir: str | Path, elevation_m: np.ndarray
+) -> dict[str, Any] | None:
+    """:func:`terrain_share` of a variant's bias (its ``model`` section: patch size, ``H_scale``,
+    direction) on ``elevation_m``, with its ``direction`` and ``h_scale_m``; ``None`` when the
+    config is not given, it has no elevation bias, or every token lies at one height (no bias to
+    share). What the report's ``bias_share`` holds."""
+    from aqnet.data import load_stats
+    from aqnet.model import from_pipeline_config
+
+    if not config:
+        return None
+    mcfg = from_pipeline_config(config, stats=load_stats(cache_dir))
+    if not mcfg.elevation_bias or not mcfg.topoflow_blocks:
+        return None
+    z = token_elevations(elevation_m, mcfg.patch_size) / mcfg.h_scale_m
+    if float(np.ptp(z)) <= 0:
+        return None
+    share = terrain_share(z, direction=mcfg.elevation_bias_direction)
+    return {
+        "direction": mcfg.elevation_bias_direction,
+        "h_scale_m": mcfg.h_scale_m,
+        **share,
+        "n_tokens": int(share["n_tokens"]),
     }
 
 
@@ -202,8 +229,7 @@ def learned_alpha(
 def main(argv: Sequence[str] | None = None) -> int:
     import yaml
 
-    from aqnet.data import load_static, load_stats
-    from aqnet.model import from_pipeline_config
+    from aqnet.data import load_static
     from aqnet.report.alpha_scan import baseline_and_batch
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -216,18 +242,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=16)
     args = parser.parse_args(argv)
     cfg = yaml.safe_load(Path(args.config).read_text())
-    mcfg = from_pipeline_config(cfg, stats=load_stats(args.cache))
-    elevation = load_static(args.cache)["elevation_m"]
-    z = token_elevations(elevation, mcfg.patch_size) / mcfg.h_scale_m
-    share = terrain_share(z, direction=mcfg.elevation_bias_direction)
-    print(
-        f"bias_share: {mcfg.elevation_bias_direction}, H_scale {mcfg.h_scale_m:g} m, "
-        f"{int(share['n_tokens'])} tokens: a bilinear form of the two elevations (a head's "
-        f"q . k reading the elevation linearly) reproduces {100 * share['bilinear']:.1f} % of the "
-        f"row-centred bias ({100 * share['key_only']:.1f} % with no query elevation at all: "
-        f"'prefer lower keys'), a free slope per query {100 * share['per_query']:.1f} %; the "
-        f"part no linear read-out forms: {100 * share['new']:.1f} %"
-    )
+    share = config_share(cfg, args.cache, load_static(args.cache)["elevation_m"])
+    if share is None:
+        print(f"bias_share: {args.config} has no elevation bias on this terrain: nothing to share")
+    else:
+        print(
+            f"bias_share: {share['direction']}, H_scale {share['h_scale_m']:g} m, "
+            f"{share['n_tokens']} tokens: a bilinear form of the two elevations (a head's "
+            f"q . k reading the elevation linearly) reproduces {100 * share['bilinear']:.1f} % of "
+            f"the row-centred bias ({100 * share['key_only']:.1f} % with no query elevation at "
+            f"all: 'prefer lower keys'), a free slope per query {100 * share['per_query']:.1f} %; "
+            f"the part no linear read-out forms: {100 * share['new']:.1f} %"
+        )
     if args.checkpoint:
         torch.manual_seed(0)
         model, batch = baseline_and_batch(

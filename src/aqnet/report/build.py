@@ -62,6 +62,7 @@ from aqnet.atomic import atomic_write_bytes
 from aqnet.config import seed_groups
 from aqnet.report import analysis, figures, page
 from aqnet.report.attribution import judge_variants
+from aqnet.report.bias_share import config_share
 from aqnet.report.breakdown import breakdown_tests
 from aqnet.report.comparison import best_variant, check_arms, comparison_table, rmse_change
 from aqnet.report.inputs import (
@@ -145,33 +146,6 @@ def baseline_val_loss(cfg: Mapping[str, Any], primary: VariantResults) -> tuple[
         f"checkpoint in {primary.files['evaluation']} records none, and the audit report has "
         "none; set baseline.val_loss (or report.success_threshold) in the config"
     )
-
-
-def bias_share_of(
-    config: Mapping[str, Any] | None, cache_dir: str | Path, elevation_m: np.ndarray
-) -> dict[str, Any] | None:
-    """:func:`aqnet.report.bias_share.terrain_share` of the primary variant's bias on the cache's
-    terrain, with its ``direction`` and ``h_scale_m``; ``None`` when the variant's config is not
-    stored, it has no elevation bias, or every token lies at one height (no bias to share)."""
-    from aqnet.data import load_stats
-    from aqnet.model import from_pipeline_config
-    from aqnet.report.bias_share import terrain_share, token_elevations
-
-    if not config:
-        return None
-    mcfg = from_pipeline_config(config, stats=load_stats(cache_dir))
-    if not mcfg.elevation_bias or not mcfg.topoflow_blocks:
-        return None
-    z = token_elevations(elevation_m, mcfg.patch_size) / mcfg.h_scale_m
-    if float(np.ptp(z)) <= 0:
-        return None
-    share = terrain_share(z, direction=mcfg.elevation_bias_direction)
-    return {
-        "direction": mcfg.elevation_bias_direction,
-        "h_scale_m": mcfg.h_scale_m,
-        **share,
-        "n_tokens": int(share["n_tokens"]),
-    }
 
 
 def build_report(
@@ -271,7 +245,7 @@ def build_report(
 
     static = load_static(cache_dir)
     elevation_m = np.asarray(static["elevation_m"], dtype=np.float64)
-    bias_terrain = bias_share_of(main.config, cache_dir, elevation_m)
+    bias_terrain = config_share(main.config, cache_dir, elevation_m)
     ev = main.evaluation
     lat, lon = ev["lat"].values, ev["lon"].values
     region_cells = [int(c) for c in np.atleast_1d(ev.attrs["region_cells"])]

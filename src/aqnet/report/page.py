@@ -115,7 +115,7 @@ def rmse_html(rmse: pd.DataFrame, tag: str) -> str:
 
 def bias_share_text(share: Mapping[str, Any]) -> str:
     """The summary's sentence on what the bias can add on the run's terrain (``bias_share`` of
-    ``verdict.json``, :func:`aqnet.report.build.bias_share_of`)."""
+    ``verdict.json``, :func:`aqnet.report.bias_share.config_share`)."""
     return (
         f"What the bias can add on this terrain ({share['direction']}, H_scale "
         f"{share['h_scale_m']:g} m, {share['n_tokens']} tokens; aqnet.report.bias_share): a "
