@@ -74,6 +74,15 @@ of penalising attention "from high-elevation to low-elevation patches": the swit
 test which sign the data support."""
 
 
+def direction_sign(direction: str, *, who: str) -> float:
+    """The sign :data:`DIRECTIONS` gives ``direction``; ``ValueError`` naming ``who`` otherwise."""
+    if direction not in DIRECTIONS:
+        raise ValueError(
+            f"{who}: elevation_bias_direction must be one of {list(DIRECTIONS)}, got {direction!r}"
+        )
+    return DIRECTIONS[direction]
+
+
 def elevation_bias(
     elev_q: torch.Tensor, elev_k: torch.Tensor, alpha: torch.Tensor, h_scale: torch.Tensor
 ) -> torch.Tensor:
@@ -172,14 +181,9 @@ class TopoFlowAttention(Attention):
         if h_scale_m <= 0:
             raise ValueError(f"{name}: h_scale_m must be > 0 metres, got {h_scale_m}")
         self.use_elevation_bias = bool(elevation_bias)
-        if elevation_bias_direction not in DIRECTIONS:
-            raise ValueError(
-                f"{name}: elevation_bias_direction must be one of {list(DIRECTIONS)}, got "
-                f"{elevation_bias_direction!r}"
-            )
         self.elevation_bias_direction = elevation_bias_direction
         # downhill: the elevations enter negated, so relu(z_k - z_q) becomes relu(e_q - e_k) / H
-        self.direction_sign = DIRECTIONS[elevation_bias_direction]
+        self.direction_sign = direction_sign(elevation_bias_direction, who=name)
         self.impl = impl
         self.chunk_size = chunk_size
         self.elevation_alpha = torch.nn.Parameter(torch.zeros(1))

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from aqnet.model.elevation_attention import DIRECTIONS, TopoFlowAttention
+from aqnet.model.elevation_attention import TopoFlowAttention, direction_sign
 
 
 def token_elevations(elevation_m: np.ndarray, patch_size: int) -> np.ndarray:
@@ -55,14 +55,6 @@ def token_elevations(elevation_m: np.ndarray, patch_size: int) -> np.ndarray:
             f"{patch_size} x {patch_size} patches"
         )
     return F.avg_pool2d(e[None, None], patch_size).flatten().numpy()
-
-
-def _sign(direction: str) -> float:
-    if direction not in DIRECTIONS:
-        raise ValueError(
-            f"bias_share: direction must be one of {list(DIRECTIONS)}, got {direction!r}"
-        )
-    return DIRECTIONS[direction]
 
 
 def terrain_share(
@@ -82,7 +74,7 @@ def terrain_share(
     if chunk < 1:
         raise ValueError(f"bias_share: chunk must be >= 1 rows, got {chunk}")
     z = np.asarray(z, dtype=np.float64).ravel()
-    s = _sign(direction)
+    s = direction_sign(direction, who="bias_share")
     n = z.size
     if n < 2 or float(np.ptp(z)) <= 0:
         raise ValueError("bias_share: the terrain is flat, so the elevation bias is 0 everywhere")
