@@ -165,8 +165,26 @@ def test_the_summary_sentence_quotes_the_shares():
     from aqnet.report.page import bias_share_text
 
     share = {"direction": "uphill", "h_scale_m": 1000.0, "n_tokens": 128, "bilinear": 0.9624,
-             "key_only": 0.7949, "per_query": 0.9662, "new": 0.0376}  # fmt: skip
+             "key_only": 0.7949, "per_query": 0.9662, "new": 0.0376, "lowest_tied": 0.1484,
+             "lowest_m": 0.0}  # fmt: skip
     text = bias_share_text(share)
     assert "(uphill, H_scale 1000 m, 128 tokens;" in text
     assert "reproduces 96.2 % of the row-centred bias" in text
     assert "79.5 % with no query elevation at all" in text and "3.8 % (the relu's kink)" in text
+    tie = "14.8 % of the tokens lie together at the lowest height (0 m; on a coast, the sea)"
+    assert tie in text and "each of them is penalised for attending every token above it" in text
+    reversed_text = bias_share_text({**share, "direction": "downhill"})
+    assert tie in reversed_text
+    assert "every token above them is penalised for attending them" in reversed_text
+    # a tie of a few tokens (an inland terrain's single lowest valley) is not worth a sentence
+    assert "lowest height" not in bias_share_text({**share, "lowest_tied": 1 / 128})
+
+
+def test_the_lowest_tie_counts_the_tokens_at_the_lowest_height():
+    sea = np.array([0.0, 0.0, 0.4, 0.0, 1.2, 0.3, 0.0, 0.9, 2.0, 0.0])  # half the tokens at 0
+    assert terrain_share(sea)["lowest_tied"] == pytest.approx(0.5)
+    assert terrain_share(sea, direction="downhill")["lowest_tied"] == pytest.approx(0.5)
+    inland = np.linspace(150.0, 900.0, 8) / 1000.0  # one lowest token, in H_scale units
+    assert terrain_share(inland)["lowest_tied"] == pytest.approx(1 / 8)
+    # float noise far below the terrain's range still counts as the same height
+    assert terrain_share(sea + np.where(sea == 0, 1e-13, 0))["lowest_tied"] == pytest.approx(0.5)

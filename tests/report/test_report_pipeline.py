@@ -349,6 +349,8 @@ def test_report_builds_every_file(setup, report_run):
     z = token_elevations(elevation, 2) / 1000.0
     assert share["n_tokens"] == z.size
     assert share["bilinear"] == pytest.approx(terrain_share(z)["bilinear"], rel=1e-9)
+    assert share["lowest_tied"] == pytest.approx(float(np.mean(z == z.min())))
+    assert share["lowest_m"] == pytest.approx(1000.0 * z.min())
     assert 0.0 < share["key_only"] <= share["bilinear"] <= share["per_query"] <= 1.0
     assert f"reproduces {100 * share['bilinear']:.1f} % of the row-centred bias" in md
 

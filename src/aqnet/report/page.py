@@ -125,7 +125,30 @@ def bias_share_text(share: Mapping[str, Any]) -> str:
         f"{100 * share['key_only']:.1f} % with no query elevation at all ('prefer lower keys'); "
         f"{100 * share['new']:.1f} % (the relu's kink) no such head forms. The smaller that "
         f"part, the more a gain over the control rests on the bias learning what the control's "
-        f"weights could also learn, only faster."
+        f"weights could also learn, only faster.{_lowest_tie_text(share)}"
+    )
+
+
+LOWEST_TIE_SHOWN = 0.05
+"""The share of tokens tied at the lowest height from which the summary names the tie."""
+
+
+def _lowest_tie_text(share: Mapping[str, Any]) -> str:
+    """The sentence on the tokens tied at the lowest height (``lowest_tied``), or ``""`` below
+    :data:`LOWEST_TIE_SHOWN`."""
+    tied = share["lowest_tied"]
+    if tied < LOWEST_TIE_SHOWN:
+        return ""
+    who = (
+        "each of them is penalised for attending every token above it"
+        if share["direction"] == "uphill"
+        else "every token above them is penalised for attending them"
+    )
+    return (
+        f" {100 * tied:.1f} % of the tokens lie together at the lowest height "
+        f"({share['lowest_m']:g} m; on a coast, the sea): {who}. In a trial on the demo's "
+        f"terrain the sea made most of what the mask cost a trained baseline "
+        f"(docs/known_answer.md)."
     )
 
 
