@@ -56,7 +56,7 @@ def test_the_chunked_shares_equal_the_full_least_squares(direction, sign):
 def test_a_flat_terrain_and_a_wrong_direction_are_refused():
     with pytest.raises(ValueError, match="terrain is flat"):
         terrain_share(np.full(10, 0.3))
-    with pytest.raises(ValueError, match="direction must be one of"):
+    with pytest.raises(ValueError, match=r"^bias_share: direction must be one of"):
         terrain_share(np.arange(4.0), direction="up")
 
 
@@ -171,11 +171,14 @@ def test_the_summary_sentence_quotes_the_shares():
     assert "(uphill, H_scale 1000 m, 128 tokens;" in text
     assert "reproduces 96.2 % of the row-centred bias" in text
     assert "79.5 % with no query elevation at all" in text and "3.8 % (the relu's kink)" in text
-    tie = "14.8 % of the tokens lie together at the lowest height (0 m; on a coast, the sea)"
+    tie = "14.8 % of the tokens are tied at the lowest height (0 m; on a coast, the sea)"
     assert tie in text and "each of them is penalised for attending every token above it" in text
     reversed_text = bias_share_text({**share, "direction": "downhill"})
     assert tie in reversed_text
     assert "every token above them is penalised for attending them" in reversed_text
+    # an inland floor is named by its height, not as the sea
+    inland = bias_share_text({**share, "lowest_m": 612.0})
+    assert "14.8 % of the tokens are tied at the lowest height (612 m):" in inland
     # a tie of a few tokens (an inland terrain's single lowest valley) is not worth a sentence
     assert "lowest height" not in bias_share_text({**share, "lowest_tied": 1 / 128})
 
@@ -187,4 +190,14 @@ def test_the_lowest_tie_counts_the_tokens_at_the_lowest_height():
     inland = np.linspace(150.0, 900.0, 8) / 1000.0  # one lowest token, in H_scale units
     assert terrain_share(inland)["lowest_tied"] == pytest.approx(1 / 8)
     # float noise far below the terrain's range still counts as the same height
-    assert terrain_share(sea + np.where(sea == 0, 1e-13, 0))["lowest_tied"] == pytest.approx(0.5)
+    noisy = sea + np.where(sea == 0, 1e-13 * np.arange(sea.size), 0.0)
+    assert terrain_share(noisy)["lowest_tied"] == pytest.approx(0.5)
+    # a tolerance in the units of z: 1 m at H_scale 1000 m joins a coast's 0.5 m token to the sea
+    coast = np.where(np.arange(sea.size) == 2, 0.0005, sea)
+    assert terrain_share(coast)["lowest_tied"] == pytest.approx(0.5)
+    assert terrain_share(coast, tie=0.001)["lowest_tied"] == pytest.approx(0.6)
+    # sea depths below 0: the lowest is the deepest token, not the coast
+    depths = np.array([-0.2, -0.05, 0.0, 0.3, 0.8])
+    assert terrain_share(depths)["lowest_tied"] == pytest.approx(0.2)
+    # everything but one token at the lowest height
+    assert terrain_share(np.r_[np.zeros(9), 1.0])["lowest_tied"] == pytest.approx(0.9)

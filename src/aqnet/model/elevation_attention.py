@@ -74,12 +74,11 @@ of penalising attention "from high-elevation to low-elevation patches": the swit
 test which sign the data support."""
 
 
-def direction_sign(direction: str, *, who: str) -> float:
-    """The sign :data:`DIRECTIONS` gives ``direction``; ``ValueError`` naming ``who`` otherwise."""
+def direction_sign(direction: str, *, who: str, key: str = "elevation_bias_direction") -> float:
+    """The sign :data:`DIRECTIONS` gives ``direction``; otherwise ``ValueError`` naming ``who``
+    and the setting ``key`` it came from."""
     if direction not in DIRECTIONS:
-        raise ValueError(
-            f"{who}: elevation_bias_direction must be one of {list(DIRECTIONS)}, got {direction!r}"
-        )
+        raise ValueError(f"{who}: {key} must be one of {list(DIRECTIONS)}, got {direction!r}")
     return DIRECTIONS[direction]
 
 

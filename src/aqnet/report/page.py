@@ -139,15 +139,18 @@ def _lowest_tie_text(share: Mapping[str, Any]) -> str:
     tied = share["lowest_tied"]
     if tied < LOWEST_TIE_SHOWN:
         return ""
+    from aqnet.report.bias_share import TIE_M
+
     who = (
         "each of them is penalised for attending every token above it"
         if share["direction"] == "uphill"
         else "every token above them is penalised for attending them"
     )
+    sea = "; on a coast, the sea" if abs(share["lowest_m"]) <= TIE_M else ""
     return (
-        f" {100 * tied:.1f} % of the tokens lie together at the lowest height "
-        f"({share['lowest_m']:g} m; on a coast, the sea): {who}. In a trial on the demo's "
-        f"terrain the sea made most of what the mask cost a trained baseline "
+        f" {100 * tied:.1f} % of the tokens are tied at the lowest height "
+        f"({share['lowest_m']:g} m{sea}): {who}. In a demo trial, taking the sea away (and this "
+        f"tie with it) removed most of what the bias cost a trained baseline "
         f"(docs/known_answer.md)."
     )
 
