@@ -346,10 +346,10 @@ def test_report_builds_every_file(setup, report_run):
     share = result["bias_share"]
     assert share["direction"] == "uphill" and share["h_scale_m"] == 1000.0
     elevation = load_static(setup["cache"])["elevation_m"]
-    z = token_elevations(elevation, 2) / 1000.0
+    heights_m = token_elevations(elevation, 2)
+    z = heights_m / 1000.0
     assert share["n_tokens"] == z.size
     assert share["bilinear"] == pytest.approx(terrain_share(z)["bilinear"], rel=1e-9)
-    heights_m = token_elevations(elevation, 2)
     assert share["lowest_m"] == pytest.approx(heights_m.min())
     tied = float(np.mean(heights_m <= heights_m.min() + 1.0))  # within 1 m of the lowest
     assert share["lowest_tied"] == pytest.approx(tied)

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from aqnet.report import figures
+from aqnet.report.bias_share import TIE_M
 
 __all__ = [
     "Block",
@@ -139,8 +140,6 @@ def _lowest_tie_text(share: Mapping[str, Any]) -> str:
     tied = share["lowest_tied"]
     if tied < LOWEST_TIE_SHOWN:
         return ""
-    from aqnet.report.bias_share import TIE_M
-
     who = (
         "each of them is penalised for attending every token above it"
         if share["direction"] == "uphill"
